@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make up` and `make test`. Both create or refresh the
+# local virtual environment first (torch is pinned exactly: an open range pulls a CUDA build).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: up test lint typecheck unit venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.13.0" -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+up: $(STAMP)
+	$(PY) dev/up.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check model_runtime tests dev
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/model_runtime
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) .hubserve build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,53 @@
+"""Exceptions raised by hubserve's core.
+
+Every error a user can cause (a bad bundle, an unknown model, a store that is down or rejects
+our credentials) is a :class:`HubserveError` with a message meant to be shown as is: the CLI
+prints it without a traceback and the services map each class to an HTTP status. Messages
+never contain credentials.
+"""
+
+from __future__ import annotations
+
+
+class HubserveError(Exception):
+    """Base class of every error hubserve reports to users."""
+
+
+class InvalidNameError(HubserveError, ValueError):
+    """An owner, model name, version, tag or reference does not follow the naming rules."""
+
+
+class PackagingError(HubserveError):
+    """A service cannot be turned into a bundle (code that cannot be captured, bad options)."""
+
+
+class BundleError(HubserveError):
+    """A bundle archive or directory is malformed, unsafe or does not match its checksums."""
+
+
+class UnsafeBundleError(BundleError):
+    """A bundle archive tries to escape its directory, holds links or devices, or is too big."""
+
+
+class ArtifactError(HubserveError):
+    """A model artifact cannot be saved or loaded (format, missing trust for pickle, ...)."""
+
+
+class StoreError(HubserveError):
+    """The model store failed an operation."""
+
+
+class NotFoundError(StoreError, LookupError):
+    """A model, version or tag does not exist in the store."""
+
+
+class VersionExistsError(StoreError):
+    """A version is immutable and already exists with different content."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached (network error, server down, disk unavailable)."""
+
+
+class StoreAuthError(StoreError):
+    """The store rejected our credentials or denied access."""

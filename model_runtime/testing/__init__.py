@@ -1,0 +1,1 @@
+"""Test and development helpers: real servers started on loopback."""
