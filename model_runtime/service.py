@@ -35,6 +35,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _API_ATTR = "__hubserve_api__"
 _API_NAME_RE_HELP = "API names must be Python identifiers not starting with '_'"
+#: Paths of the runtime's own routes, which an API (served at ``POST /<api>``) cannot shadow.
+RESERVED_API_NAMES = frozenset({"healthz", "readyz", "metrics", "docs", "redoc", "jobs", "v2"})
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,10 @@ def _make_spec(
     api_name = name or func.__name__
     if not api_name.isidentifier() or api_name.startswith("_"):
         raise PackagingError(f"invalid API name {api_name!r}: {_API_NAME_RE_HELP}")
+    if api_name in RESERVED_API_NAMES:
+        raise PackagingError(
+            f"API name {api_name!r} is taken by the runtime's own routes; choose another"
+        )
     in_spec = as_spec(input, first_param_annotation(func))
     out_spec = as_spec(output, return_annotation(func))
     if batchable and in_spec.kind not in ("ndarray", "tensor", "dataframe", "json"):

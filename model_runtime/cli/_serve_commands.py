@@ -1,0 +1,189 @@
+"""``serve`` (run a runtime in the foreground) and ``predict`` (call one)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import HubserveError
+from ._common import store_options
+
+
+def _read_secret(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    secret = path.read_text().strip()
+    if not secret:
+        raise click.BadParameter(f"{path} is empty", param_hint="--api-token-file")
+    return secret
+
+
+def register_serve_commands(cli: click.Group) -> None:
+    @cli.command()
+    @click.argument("source")
+    @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+    @click.option("--port", default=8000, show_default=True, type=int, help="Port to bind.")
+    @click.option(
+        "--workers",
+        default=1,
+        show_default=True,
+        type=click.IntRange(1, 64),
+        help="Server processes, each with its own copy of the model.",
+    )
+    @click.option(
+        "--threads",
+        type=click.IntRange(1, 1024),
+        default=None,
+        help="torch threads per worker [default: the CPUs this process may use].",
+    )
+    @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda:0.")
+    @click.option(
+        "--api-token-file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="File holding the shared secret callers must send (X-Hubserve-Token).",
+    )
+    @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option(
+        "--max-queue-rows",
+        type=click.IntRange(1),
+        default=None,
+        help="Rows a batching queue may hold before answering 503.",
+    )
+    @click.option("--trust-pickle", is_flag=True, help="Allow pickled model artifacts.")
+    @click.option("--access-log", is_flag=True, help="Log every request.")
+    @store_options
+    def serve(
+        source: str,
+        host: str,
+        port: int,
+        workers: int,
+        threads: int | None,
+        device: str,
+        api_token_file: Path | None,
+        tls_cert: Path | None,
+        tls_key: Path | None,
+        max_queue_rows: int | None,
+        trust_pickle: bool,
+        access_log: bool,
+        **store: Any,
+    ) -> None:
+        """Serve a bundle over HTTP until SIGTERM or Ctrl-C.
+
+        SOURCE is a bundle directory or archive, a store reference ([OWNER/]NAME[:VERSION]
+        with --store) or a URI such as s3://bucket/owner/name:version.
+        """
+        import os
+
+        from ..runtime import RuntimeSettings
+        from ..runtime import serve as run_server
+
+        if (tls_cert is None) != (tls_key is None):
+            raise click.UsageError("--tls-cert and --tls-key go together")
+        for key, value in store.items():  # the runtime reads store settings from the env
+            if value is not None:
+                os.environ[f"HUBSERVE_{key.upper()}"] = str(value)
+        overrides: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "workers": workers,
+            "threads": threads,
+            "device": device,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
+            "trust_pickle": trust_pickle,
+            "access_log": access_log,
+            "api_token": _read_secret(api_token_file),
+            "max_queue_rows": max_queue_rows,
+        }
+        settings = RuntimeSettings(**{k: v for k, v in overrides.items() if v is not None})
+        run_server(source, settings)
+
+    @cli.command()
+    @click.argument("url")
+    @click.argument("api")
+    @click.option("--data", "-d", help="JSON input (use @FILE to read it from a file).")
+    @click.option(
+        "--file",
+        "-f",
+        "file_",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Send this file (.npy, .npz, .csv, .png, .jpg or any bytes).",
+    )
+    @click.option(
+        "--output",
+        "-o",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Write the response body to this file.",
+    )
+    @click.option(
+        "--token-file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="File with a token sent as 'Authorization: Bearer ...'.",
+    )
+    @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait.")
+    def predict(
+        url: str,
+        api: str,
+        data: str | None,
+        file_: Path | None,
+        output: Path | None,
+        token_file: Path | None,
+        timeout: float,
+    ) -> None:
+        """Call API on the runtime at URL and print the result."""
+        import httpx
+
+        if (data is None) == (file_ is None):
+            raise click.UsageError("give exactly one of --data and --file")
+        headers = {}
+        token = _read_secret(token_file)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if file_ is not None:
+            body = file_.read_bytes()
+            headers["Content-Type"] = _media_type(file_)
+        else:
+            assert data is not None
+            text = Path(data[1:]).read_text() if data.startswith("@") else data
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
+            body = text.encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            response = httpx.post(
+                f"{url.rstrip('/')}/{api}", content=body, headers=headers, timeout=timeout
+            )
+        except httpx.HTTPError as exc:
+            raise HubserveError(f"cannot reach {url}: {type(exc).__name__}") from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise HubserveError(f"{response.status_code}: {detail}")
+        if output is not None:
+            output.write_bytes(response.content)
+        elif response.headers.get("content-type", "").startswith(("application/json", "text/")):
+            click.echo(response.text)
+        else:
+            sys.stdout.buffer.write(response.content)
+
+
+def _media_type(path: Path) -> str:
+    return {
+        ".npy": "application/x-npy",
+        ".npz": "application/x-npz",
+        ".csv": "text/csv",
+        ".png": "image/png",
+        ".jpg": "image/jpeg",
+        ".jpeg": "image/jpeg",
+        ".json": "application/json",
+        ".txt": "text/plain",
+    }.get(path.suffix.lower(), "application/octet-stream")

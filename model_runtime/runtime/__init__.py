@@ -1,0 +1,21 @@
+"""The model runtime: one bundle served over HTTP with adaptive micro-batching.
+
+:func:`create_app` builds the ASGI app for a loaded :class:`~model_runtime.Service` (tests use
+it in-process); :func:`serve` is what ``hubserve serve`` runs. See :mod:`._app` for the routes,
+:mod:`._batching` for the batching policy and :mod:`._codecs` for the wire formats.
+"""
+
+from ._app import create_app
+from ._runtime import Runtime
+from ._server import build_app, load_service, serve
+from ._settings import BatchingOverride, RuntimeSettings
+
+__all__ = [
+    "BatchingOverride",
+    "Runtime",
+    "RuntimeSettings",
+    "build_app",
+    "create_app",
+    "load_service",
+    "serve",
+]

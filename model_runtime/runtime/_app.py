@@ -1,0 +1,297 @@
+"""The runtime's HTTP application.
+
+Routes:
+
+* ``POST /<api>`` for each API -- the hot path. These are plain Starlette routes (no
+  dependency injection, no pydantic on the request) that read the body once, decode it with
+  :mod:`._codecs`, call the model through the runtime and encode the reply in the request's
+  own format (or ``Accept``). Their OpenAPI description is generated from the bundle's
+  signatures by :mod:`._openapi`, so ``/docs`` still documents them precisely.
+* Open Inference Protocol v2 under ``/v2`` (:mod:`._oip`), batch jobs under ``/jobs``.
+* ``/healthz`` (alive), ``/readyz`` (model loaded and warmed up), ``/metrics``, ``/``.
+
+Errors are JSON ``{"detail": ...}`` with the right status: 400/413/415/422 for bad input,
+404 for unknown routes, 503 + ``Retry-After`` when the queue is full, 500 with the exception's
+type and message (never a traceback) when the API's own code fails.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .._version import __version__
+from ..service import ApiSpec
+from . import _codecs
+from ._batching import Overloaded
+from ._jobs import JobError
+from ._locations import LocationError, LocationUnavailableError
+from ._oip import oip_router
+from ._openapi import install_openapi
+from ._runtime import Runtime
+
+log = logging.getLogger("hubserve.runtime")
+
+#: Routes that answer without the gateway secret (probes of the deploy backend).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+
+
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps({"detail": message}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing more than ``limit`` bytes before reading them when possible."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _api_endpoint(runtime: Runtime, spec: ApiSpec) -> Callable[[Request], Awaitable[Response]]:
+    limit = runtime.settings.max_body_bytes
+    observe = runtime.metrics.observe_request
+    in_flight = runtime.metrics.in_flight
+    name = spec.name
+
+    async def endpoint(request: Request) -> Response:
+        started = time.perf_counter()
+        status = 500
+        in_flight.inc()
+        try:
+            try:
+                body = await read_body(request, limit)
+                if spec.input.kind == "path":  # a folder in, a folder out: run as a batch job
+                    response = _submit_job(runtime, name, _job_request(body))
+                    status = response.status_code
+                    return response
+                decoded = _codecs.decode(spec.input, body, request.headers.get("content-type"))
+            except BodyTooLarge:
+                status = 413
+                return error_response(status, f"request body is larger than {limit} bytes")
+            except _codecs.CodecError as exc:
+                status = exc.status_code
+                return error_response(status, str(exc))
+            try:
+                result = await runtime.call(spec, decoded.value)
+            except Overloaded as exc:
+                status = 503
+                return error_response(
+                    status,
+                    f"{name} is overloaded; retry later",
+                    {"Retry-After": str(max(1, round(exc.retry_after)))},
+                )
+            except _codecs.CodecError as exc:  # validation raised inside the API
+                status = exc.status_code
+                return error_response(status, str(exc))
+            except Exception as exc:  # the API's own code failed on this input
+                log.warning("API %s failed: %s: %s", name, type(exc).__name__, exc)
+                return error_response(500, f"API {name!r} failed: {type(exc).__name__}: {exc}")
+            try:
+                payload, media_type = _codecs.encode(
+                    spec.output, result, wire=decoded.wire, accept=request.headers.get("accept")
+                )
+            except (TypeError, ValueError) as exc:
+                log.error("API %s returned a value that cannot be encoded: %s", name, exc)
+                return error_response(500, f"API {name!r} returned a value hubserve cannot encode")
+            status = 200
+            return Response(payload, media_type=media_type)
+        finally:
+            in_flight.dec()
+            observe(name, status, time.perf_counter() - started)
+
+    return endpoint
+
+
+_JOB_BODY = 'expected JSON {"input": "<location>", "output": "<location>", "pattern": "*.fits"}'
+
+
+def _job_request(body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise _codecs.CodecError(_JOB_BODY, 400) from None
+    if (
+        not isinstance(data, dict)
+        or not {"input", "output"} <= set(data)
+        or not all(isinstance(data[k], str) for k in ("input", "output"))
+        or not isinstance(data.get("pattern", ""), str)
+    ):
+        raise _codecs.CodecError(_JOB_BODY, 422)
+    return data
+
+
+def _submit_job(runtime: Runtime, api: str, body: dict[str, Any]) -> Response:
+    if runtime.jobs is None:
+        return error_response(404, "this model has no path APIs, so no batch jobs")
+    try:
+        status = runtime.jobs.submit(
+            api, str(body["input"]), str(body["output"]), pattern=body.get("pattern")
+        )
+    except JobError as exc:
+        return error_response(exc.status_code, str(exc))
+    except LocationUnavailableError as exc:  # the storage is down, not the request wrong
+        return error_response(503, str(exc), {"Retry-After": "10"})
+    except LocationError as exc:
+        return error_response(422, str(exc))
+    return Response(
+        status.model_dump_json().encode(),
+        status_code=202,
+        media_type="application/json",
+        headers={"Location": f"/jobs/{status.id}"},
+    )
+
+
+def _job_routes(runtime: Runtime) -> list[Route]:
+    async def submit(request: Request) -> Response:
+        try:
+            body = _job_request(await read_body(request, 1024 * 1024))
+        except BodyTooLarge:
+            return error_response(413, "a job request is at most 1 MiB")
+        except _codecs.CodecError as exc:
+            return error_response(exc.status_code, str(exc))
+        return _submit_job(runtime, request.path_params["api"], body)
+
+    async def status(request: Request) -> Response:
+        if runtime.jobs is None:
+            return error_response(404, "this model has no path APIs, so no batch jobs")
+        try:
+            job = runtime.jobs.get(request.path_params["job_id"])
+            if request.method == "DELETE":
+                job = runtime.jobs.cancel(job.id)
+        except JobError as exc:
+            return error_response(exc.status_code, str(exc))
+        return Response(job.model_dump_json().encode(), media_type="application/json")
+
+    async def listing(request: Request) -> Response:
+        jobs = runtime.jobs.list() if runtime.jobs is not None else []
+        return Response(
+            orjson.dumps([j.model_dump(mode="json") for j in jobs]), media_type="application/json"
+        )
+
+    return [
+        Route("/jobs", listing, methods=["GET"]),
+        Route("/jobs/{api}", submit, methods=["POST"]),
+        Route("/jobs/{job_id}", status, methods=["GET", "DELETE"]),
+    ]
+
+
+class GatewayTokenMiddleware:
+    """Accept only callers that present the gateway's shared secret (pure ASGI: cheap)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        presented = b""
+        for key, value in scope["headers"]:
+            if key == b"x-hubserve-token":
+                presented = value
+            elif key == b"authorization" and value[:7].lower() == b"bearer ":
+                presented = value[7:]
+        if not presented:
+            response = error_response(401, "this runtime only accepts calls from its gateway")
+        elif not hmac.compare_digest(presented, self.token):
+            response = error_response(403, "invalid runtime token")
+        else:
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    """The ASGI app serving ``runtime``; its lifespan starts and drains the runtime."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        log.info("serving %s", runtime.ref)
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title=f"{runtime.name} (hubserve)",
+        version=runtime.version,
+        description=runtime.service.description or f"Model {runtime.ref} served by hubserve.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(422, f"{where}: {first.get('msg')}")
+
+    @app.get("/", tags=["runtime"], summary="What this runtime serves")
+    async def index() -> dict[str, Any]:
+        return {**runtime.describe(), "hubserve": __version__}
+
+    @app.get("/healthz", tags=["runtime"], summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["runtime"], summary="Readiness: loaded and warmed up")
+    async def readyz() -> Response:
+        if runtime.ready:
+            return Response(
+                orjson.dumps({"status": "ready", "model": runtime.ref}),
+                media_type="application/json",
+            )
+        return error_response(503, "model is loading")
+
+    @app.get("/metrics", tags=["runtime"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.include_router(oip_router(runtime))
+    for route in _job_routes(runtime):
+        app.router.routes.append(route)
+    for spec in runtime.service.apis.values():
+        app.router.routes.append(
+            Route(f"/{spec.name}", _api_endpoint(runtime, spec), methods=["POST"], name=spec.name)
+        )
+    install_openapi(app, runtime)
+    token = runtime.settings.api_token
+    if token is not None and token.get_secret_value():
+        app.add_middleware(GatewayTokenMiddleware, token=token.get_secret_value())
+    return app

@@ -1,0 +1,545 @@
+"""Where batch jobs read their input files and publish their output files.
+
+A *location* is one directory-like place, named by a URI:
+
+- a local directory: an absolute path (``/data/run1``) or ``file:///data/run1``. Relative
+  paths are refused: a runtime's working directory means nothing to the caller;
+- an S3 prefix: ``s3://bucket/prefix``, reached with the runtime's :class:`S3Credentials`
+  (the ``minio`` client). Nothing is created: a missing bucket is an error;
+- a WebDAV collection: ``webdav://host:port/path`` (plain HTTP) or ``webdavs://...``
+  (HTTPS), reached with ``webdav4``. Credentials come from the URI's userinfo
+  (``webdav://user:password@host/path``, which wins) or from ``webdav_auth``.
+
+Every location offers the same four operations on *relative POSIX paths* (``a/img1.fits``):
+:meth:`Location.list_files` finds the input files (recursive, sorted, hidden ``.*`` files and
+directories skipped, optionally filtered by an ``fnmatch`` pattern on the relative path, where
+``*`` also matches ``/``), :meth:`Location.fetch` downloads one of them,
+:meth:`Location.commit` publishes a local directory of results under a prefix, and
+:meth:`Location.check` verifies, before a job is queued, that a location can be used.
+
+Commits are atomic per file, so a reader (or a job that dies half-way) never sees a partial
+file: a local file is written to a hidden temporary name in its target directory, flushed,
+then renamed over the target with :func:`os.replace`; an S3 object only exists once its
+single PUT or multipart upload completes; a WebDAV file is uploaded to a hidden temporary name
+then ``MOVE``\\d onto its name. Temporary names start with ``.``, so they are never listed.
+
+Errors are :class:`LocationError` (a ``ValueError``: a bad URI, a missing directory or file)
+and its subclass :class:`LocationUnavailableError` for a location that cannot be used at all
+any more (unreachable, credentials refused, bucket gone): a batch job records the former
+against one item and goes on, but stops on the latter. Messages name the location with
+:meth:`Location.describe`, which never contains credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import shutil
+import uuid
+import xml.etree.ElementTree as ET
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import SplitResult, unquote, urlsplit
+
+import httpx
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error, ServerError
+from webdav4.client import (
+    BadGatewayError,
+    ClientError,
+    HTTPError,
+    InsufficientStorage,
+    IsAResourceError,
+    ResourceAlreadyExists,
+    ResourceNotFound,
+)
+from webdav4.client import Client as WebDAVClient
+from webdav4.multistatus import MultiStatusResponseError
+
+from ..errors import HubserveError
+
+__all__ = [
+    "Location",
+    "LocationError",
+    "LocationUnavailableError",
+    "S3Credentials",
+    "open_location",
+]
+
+#: Multipart part size of S3 uploads (the same as the model store's).
+_S3_PART_SIZE = 16 * 1024 * 1024
+_CHUNK = 1024 * 1024
+_S3_AUTH_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "AllAccessDisabled",
+    "AuthorizationHeaderMalformed",
+}
+_HTTP_AUTH_STATUSES = {401, 403}
+_HTTP_UNAVAILABLE_STATUSES = {502, 503, 504}
+_WEBDAV_ERRORS = (
+    ClientError,
+    httpx.HTTPError,
+    httpx.InvalidURL,
+    MultiStatusResponseError,
+    ET.ParseError,
+    OSError,
+)
+_SCHEMES = "an absolute path, file://, s3://, webdav:// or webdavs://"
+
+
+class LocationError(HubserveError, ValueError):
+    """A job location is malformed, missing, or failed one operation."""
+
+
+class LocationUnavailableError(LocationError):
+    """A location cannot be used any more: unreachable, credentials refused, bucket gone."""
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """How to reach the S3 server of ``s3://`` locations; ``endpoint`` is ``host[:port]``."""
+
+    endpoint: str
+    access_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    secure: bool = True
+    region: str | None = None
+
+
+class Location(ABC):
+    """One directory-like place holding job inputs or receiving job outputs."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A name for messages and job status; never contains credentials."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Verify the location can be reached with our credentials and is not a file.
+
+        A location that does not exist yet passes where :meth:`commit` would create it
+        (a local directory, an S3 prefix, a WebDAV collection whose parent exists).
+        """
+
+    @abstractmethod
+    def list_files(self, pattern: str | None = None) -> list[str]:
+        """Relative paths of the regular files below the location (see module doc)."""
+
+    @abstractmethod
+    def fetch(self, rel: str, dest: Path) -> None:
+        """Download the file at ``rel`` to the local path ``dest``."""
+
+    @abstractmethod
+    def commit(self, local_dir: Path, rel_prefix: str) -> list[str]:
+        """Publish every regular file below ``local_dir`` under ``rel_prefix``, atomically
+        per file; returns the relative paths written, in order."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; the location must not be used afterwards."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"
+
+
+def open_location(
+    uri: str,
+    *,
+    s3: S3Credentials | None = None,
+    webdav_auth: tuple[str, str] | None = None,
+) -> Location:
+    """The location named by ``uri`` (see module doc); makes no network call."""
+    if uri.startswith("/"):
+        return _LocalLocation(Path(uri))
+    parts = urlsplit(uri)
+    if parts.scheme == "":
+        raise LocationError(
+            f"relative path {uri!r} refused: give an absolute path or a URI ({_SCHEMES})"
+        )
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise LocationError("file:// URIs must name a local path (file:///path)")
+        return _LocalLocation(Path(unquote(parts.path)))
+    if parts.scheme == "s3":
+        return _open_s3(parts, s3)
+    if parts.scheme in ("webdav", "webdavs"):
+        return _open_webdav(parts, webdav_auth)
+    if parts.scheme in ("http", "https"):
+        raise LocationError(
+            f"unsupported location scheme {parts.scheme!r}: "
+            f"use webdav:// or webdavs:// for WebDAV servers ({_SCHEMES})"
+        )
+    raise LocationError(f"unsupported location scheme {parts.scheme!r}: use {_SCHEMES}")
+
+
+def _is_visible(rel: str) -> bool:
+    return not any(part.startswith(".") for part in rel.split("/"))
+
+
+def _is_safe(rel: str) -> bool:
+    """Whether ``rel`` is a plain relative path that stays below its root."""
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def _wanted(rel: str, pattern: str | None) -> bool:
+    return _is_visible(rel) and (pattern is None or fnmatch.fnmatchcase(rel, pattern))
+
+
+def _join(prefix: str, rel: str) -> str:
+    joined = f"{prefix.strip('/')}/{rel}" if prefix.strip("/") else rel
+    if not _is_safe(joined):
+        raise LocationError(f"refusing to write outside the output location: {joined!r}")
+    return joined
+
+
+def _local_files(local_dir: Path) -> list[tuple[str, Path]]:
+    """``(relative path, path)`` of the regular files below ``local_dir``; links skipped."""
+    found: list[tuple[str, Path]] = []
+    for dirpath, _dirnames, filenames in os.walk(local_dir):
+        for name in filenames:
+            path = Path(dirpath, name)
+            if not path.is_symlink() and path.is_file():
+                found.append((path.relative_to(local_dir).as_posix(), path))
+    return sorted(found)
+
+
+# -- local directories ------------------------------------------------------------------------
+
+
+def _raise_oserror(exc: OSError) -> NoReturn:
+    raise exc
+
+
+class _LocalLocation(Location):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def check(self) -> None:
+        if self.root.exists():
+            if not self.root.is_dir():
+                raise LocationError(f"{self.root} is not a directory")
+            return
+        existing = next(parent for parent in self.root.parents if parent.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise LocationError(f"cannot create directory {self.root}: {existing} is not writable")
+
+    def list_files(self, pattern: str | None = None) -> list[str]:
+        if not self.root.is_dir():
+            state = "is not a directory" if self.root.exists() else "does not exist"
+            raise LocationError(f"input directory {self.root} {state}")
+        found: list[str] = []
+        try:
+            for dirpath, dirnames, filenames in os.walk(self.root, onerror=_raise_oserror):
+                dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
+                for name in filenames:
+                    path = Path(dirpath, name)
+                    rel = path.relative_to(self.root).as_posix()
+                    if _wanted(rel, pattern) and path.is_file():
+                        found.append(rel)
+        except OSError as exc:
+            raise LocationError(f"cannot list {self.root}: {exc.strerror or exc}") from None
+        return sorted(found)
+
+    def fetch(self, rel: str, dest: Path) -> None:
+        try:
+            shutil.copyfile(self.root / rel, dest)
+        except FileNotFoundError:
+            raise LocationError(f"{rel} not found in {self.root}") from None
+        except OSError as exc:
+            raise LocationError(
+                f"cannot read {rel} from {self.root}: {exc.strerror or exc}"
+            ) from None
+
+    def commit(self, local_dir: Path, rel_prefix: str) -> list[str]:
+        written: list[str] = []
+        for rel_file, path in _local_files(local_dir):
+            rel = _join(rel_prefix, rel_file)
+            target = self.root / rel
+            temporary = target.with_name(f".hubserve-{uuid.uuid4().hex}.part")
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    with path.open("rb") as source, temporary.open("xb") as out:
+                        shutil.copyfileobj(source, out, _CHUNK)
+                        out.flush()
+                        os.fsync(out.fileno())
+                    temporary.replace(target)
+                finally:
+                    temporary.unlink(missing_ok=True)
+            except OSError as exc:
+                raise LocationError(
+                    f"cannot write {rel} to {self.root}: {exc.strerror or exc}"
+                ) from None
+            written.append(rel)
+        return written
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+# -- S3 ---------------------------------------------------------------------------------------
+
+
+def _open_s3(parts: SplitResult, credentials: S3Credentials | None) -> Location:
+    if "@" in parts.netloc:
+        raise LocationError(
+            "s3:// URIs must not carry credentials: the runtime's S3 credentials are used"
+        )
+    if credentials is None:
+        raise LocationError("s3:// locations are not available: this runtime has no S3 settings")
+    if not parts.netloc:
+        raise LocationError("s3:// URIs must name a bucket: s3://bucket/prefix")
+    return _S3Location(credentials, parts.netloc, unquote(parts.path).strip("/"))
+
+
+class _S3Location(Location):
+    def __init__(self, credentials: S3Credentials, bucket: str, prefix: str) -> None:
+        self.endpoint = credentials.endpoint
+        self.bucket = bucket
+        self.prefix = f"{prefix}/" if prefix else ""
+        self._http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5.0, read=60.0),
+            retries=urllib3.Retry(
+                total=2,
+                backoff_factor=0.2,
+                status_forcelist=[500, 502, 503, 504],
+                allowed_methods=None,
+            ),
+            maxsize=4,
+        )
+        try:
+            self.client = Minio(
+                credentials.endpoint,
+                access_key=credentials.access_key,
+                secret_key=credentials.secret_key,
+                secure=credentials.secure,
+                region=credentials.region,
+                http_client=self._http,
+            )
+        except ValueError as exc:
+            raise LocationError(f"invalid S3 endpoint {credentials.endpoint!r}: {exc}") from None
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix} at {self.endpoint}"
+
+    def _error(self, exc: Exception, what: str) -> LocationError:
+        if isinstance(exc, S3Error):
+            if exc.code == "NoSuchBucket":
+                return LocationUnavailableError(
+                    f"bucket {self.bucket!r} does not exist at {self.endpoint}"
+                )
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                return LocationError(f"{what} not found in {self.describe()}")
+            if exc.code in _S3_AUTH_CODES:
+                return LocationUnavailableError(
+                    f"S3 at {self.endpoint} refused our credentials or denied access "
+                    f"({exc.code}) to {self.describe()}"
+                )
+            return LocationError(f"S3 error {exc.code} on {what} in {self.describe()}")
+        if isinstance(exc, (urllib3.exceptions.HTTPError, OSError, ServerError)):
+            return LocationUnavailableError(
+                f"cannot reach S3 at {self.endpoint}: {type(exc).__name__}"
+            )
+        if isinstance(exc, ValueError):
+            return LocationError(f"invalid S3 location {self.describe()}: {exc}")
+        return LocationError(f"S3 error on {what} in {self.describe()}: {type(exc).__name__}")
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise self._error(exc, what) from None
+
+    def check(self) -> None:
+        if not self._call("the bucket", self.client.bucket_exists, self.bucket):
+            raise LocationError(f"bucket {self.bucket!r} does not exist at {self.endpoint}")
+
+    def list_files(self, pattern: str | None = None) -> list[str]:
+        found: list[str] = []
+        try:
+            for obj in self.client.list_objects(self.bucket, prefix=self.prefix, recursive=True):
+                name = obj.object_name
+                if obj.is_dir or not name or name.endswith("/"):
+                    continue
+                rel = name[len(self.prefix) :]
+                if _is_safe(rel) and _wanted(rel, pattern):
+                    found.append(rel)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise self._error(exc, "the listing") from None
+        return sorted(found)
+
+    def fetch(self, rel: str, dest: Path) -> None:
+        response = self._call(rel, self.client.get_object, self.bucket, self.prefix + rel)
+        try:
+            expected = int(response.headers.get("Content-Length", -1))
+            with dest.open("wb") as out:
+                for chunk in response.stream(_CHUNK):
+                    out.write(chunk)
+            if expected >= 0 and dest.stat().st_size != expected:
+                raise LocationUnavailableError(
+                    f"download of {rel} from {self.describe()} stopped early"
+                )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._error(exc, rel) from None
+        finally:
+            response.close()
+            response.release_conn()
+
+    def commit(self, local_dir: Path, rel_prefix: str) -> list[str]:
+        written: list[str] = []
+        for rel_file, path in _local_files(local_dir):
+            rel = _join(rel_prefix, rel_file)
+            self._call(
+                rel,
+                self.client.fput_object,
+                self.bucket,
+                self.prefix + rel,
+                str(path),
+                part_size=_S3_PART_SIZE,
+                num_parallel_uploads=1,
+            )
+            written.append(rel)
+        return written
+
+    def close(self) -> None:
+        self._http.clear()
+
+
+# -- WebDAV -----------------------------------------------------------------------------------
+
+
+def _open_webdav(parts: SplitResult, default_auth: tuple[str, str] | None) -> Location:
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise LocationError(f"invalid port in {parts.scheme}:// URI") from None
+    if not host:
+        raise LocationError(f"{parts.scheme}:// URIs must name a host: {parts.scheme}://host/path")
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    auth = default_auth
+    if parts.username is not None:
+        auth = (unquote(parts.username), unquote(parts.password or ""))
+    path = parts.path.rstrip("/") + "/"
+    http_scheme = "https" if parts.scheme == "webdavs" else "http"
+    return _WebDAVLocation(
+        f"{http_scheme}://{netloc}{path}", f"{parts.scheme}://{netloc}{unquote(path)}", auth
+    )
+
+
+class _WebDAVLocation(Location):
+    def __init__(self, base_url: str, name: str, auth: tuple[str, str] | None) -> None:
+        self.name = name
+        self.client = WebDAVClient(
+            base_url, auth=auth, timeout=httpx.Timeout(60.0, connect=5.0), trust_env=False
+        )
+        self._collections: set[str] = set()
+
+    def describe(self) -> str:
+        return self.name
+
+    def _error(self, exc: Exception, what: str) -> LocationError:
+        if isinstance(exc, ResourceNotFound):
+            return LocationError(f"{what} not found at {self.name}")
+        if isinstance(exc, IsAResourceError):
+            return LocationError(f"{what} is a file, not a directory, at {self.name}")
+        if isinstance(exc, HTTPError) and exc.status_code in _HTTP_AUTH_STATUSES:
+            return LocationUnavailableError(
+                f"WebDAV server {self.name} refused our credentials (HTTP {exc.status_code})"
+            )
+        if isinstance(exc, (BadGatewayError, InsufficientStorage, httpx.TransportError)) or (
+            isinstance(exc, HTTPError) and exc.status_code in _HTTP_UNAVAILABLE_STATUSES
+        ):
+            return LocationUnavailableError(
+                f"WebDAV server {self.name} is unavailable: {type(exc).__name__}"
+            )
+        if isinstance(exc, HTTPError):
+            return LocationError(f"WebDAV error on {what} at {self.name}: HTTP {exc.status_code}")
+        return LocationError(f"WebDAV error on {what} at {self.name}: {type(exc).__name__}")
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _WEBDAV_ERRORS as exc:
+            raise self._error(exc, what) from None
+
+    def _entries(self, directory: str) -> list[dict[str, Any]]:
+        what = directory or "the directory"
+        entries: list[dict[str, Any]] = self._call(
+            what, self.client.ls, directory, detail=True, allow_listing_resource=False
+        )
+        return entries
+
+    def check(self) -> None:
+        try:
+            self.client.ls("", detail=False, allow_listing_resource=False)
+        except ResourceNotFound:
+            return  # created by the first commit, if its parent collection exists
+        except _WEBDAV_ERRORS as exc:
+            raise self._error(exc, "the directory") from None
+
+    def list_files(self, pattern: str | None = None) -> list[str]:
+        found: list[str] = []
+        pending = [""]
+        while pending:
+            for entry in self._entries(pending.pop()):
+                rel = str(entry["name"]).strip("/")
+                if not _is_safe(rel) or not _is_visible(rel):
+                    continue
+                if entry.get("type") == "directory":
+                    pending.append(rel)
+                elif _wanted(rel, pattern):
+                    found.append(rel)
+        return sorted(found)
+
+    def fetch(self, rel: str, dest: Path) -> None:
+        self._call(rel, self.client.download_file, rel, dest)
+
+    def _make_collections(self, rel_dir: str) -> None:
+        parts = rel_dir.split("/") if rel_dir else []
+        for depth in range(len(parts) + 1):
+            collection = "/".join(parts[:depth])
+            if collection in self._collections:
+                continue
+            try:
+                self.client.mkdir(collection)
+            except ResourceAlreadyExists:
+                pass  # made by an earlier job, or by someone else
+            except _WEBDAV_ERRORS as exc:
+                raise self._error(exc, collection or "the directory") from None
+            self._collections.add(collection)
+
+    def commit(self, local_dir: Path, rel_prefix: str) -> list[str]:
+        written: list[str] = []
+        for rel_file, path in _local_files(local_dir):
+            rel = _join(rel_prefix, rel_file)
+            parent = rel.rpartition("/")[0]
+            self._make_collections(parent)
+            temporary = f".hubserve-{uuid.uuid4().hex}.part"
+            if parent:
+                temporary = f"{parent}/{temporary}"
+            try:
+                self._call(rel, self.client.upload_file, path, temporary, overwrite=True)
+                self._call(rel, self.client.move, temporary, rel, overwrite=True)
+            except LocationError:
+                # Never uploaded, or the server is gone: then there is nothing more to do.
+                with contextlib.suppress(*_WEBDAV_ERRORS):
+                    self.client.remove(temporary)
+                raise
+            written.append(rel)
+        return written
+
+    def close(self) -> None:
+        self.client.http.close()

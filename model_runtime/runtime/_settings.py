@@ -1,0 +1,53 @@
+"""Runtime configuration: ``hubserve serve`` options and ``HUBSERVE_RUNTIME_*`` variables.
+
+The hub service starts runtimes as subprocesses and passes their configuration in the
+environment (so secrets never appear in a process listing); a person runs ``hubserve serve``
+with options. Both end up in one :class:`RuntimeSettings`, read when the server starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BatchingOverride(BaseModel):
+    """Per-API batching settings that replace the bundle's (e.g. set at deploy time)."""
+
+    max_batch_size: int | None = Field(None, ge=1, le=65536)
+    max_latency_ms: float | None = Field(None, ge=0, le=60_000)
+
+
+class RuntimeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HUBSERVE_RUNTIME_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    #: torch intra-op threads per worker; default: the CPUs this process may use.
+    threads: int | None = Field(None, ge=1)
+    device: str = "cpu"
+    trust_pickle: bool = False
+    #: The gateway's shared secret; when set, every route but the health checks requires it.
+    api_token: SecretStr | None = None
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_queue_rows: int = Field(1024, ge=1)
+    batching: dict[str, BatchingOverride] = Field(default_factory=dict)
+    warmup: bool = True
+    work_dir: Path | None = None
+    graceful_timeout: float = 30.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    access_log: bool = False
+    cache_dir: Path | None = None
+
+    def torch_threads(self) -> int:
+        if self.threads is not None:
+            return self.threads
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
