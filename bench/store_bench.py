@@ -112,18 +112,29 @@ def main() -> None:
         work = Path(tmp)
         server = None
         if os.environ.get("HUBSERVE_S3_ENDPOINT"):
-            s3 = S3Store(os.environ["HUBSERVE_S3_ENDPOINT"].split("://")[-1], "bench",
-                         access_key=os.environ.get("HUBSERVE_S3_ACCESS_KEY"),
-                         secret_key=os.environ.get("HUBSERVE_S3_SECRET_KEY"), secure=False)
+            s3 = S3Store(
+                os.environ["HUBSERVE_S3_ENDPOINT"].split("://")[-1],
+                "bench",
+                access_key=os.environ.get("HUBSERVE_S3_ACCESS_KEY"),
+                secret_key=os.environ.get("HUBSERVE_S3_SECRET_KEY"),
+                secure=False,
+            )
         else:
             server = S3Server(work / "seaweedfs")
             server.start()
-            s3 = S3Store(server.endpoint, "bench", access_key=server.access_key,
-                         secret_key=server.secret_key, secure=False)
+            s3 = S3Store(
+                server.endpoint,
+                "bench",
+                access_key=server.access_key,
+                secret_key=server.secret_key,
+                secure=False,
+            )
         try:
             rows = []
-            for label, store in (("s3 (seaweedfs)" if server else "s3", s3),
-                                 ("local dir", LocalStore(work / "local"))):
+            for label, store in (
+                ("s3 (seaweedfs)" if server else "s3", s3),
+                ("local dir", LocalStore(work / "local")),
+            ):
                 big = bench_big_model(store, work / label.split()[0], args.size_mb)
                 listing = bench_listing(store, work / label.split()[0], args.versions)
                 rows.append((label, {**big, **listing}))

@@ -53,7 +53,9 @@ def _push_examples(store: S3Store, state: Path, owner: str) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--state", type=Path, default=ROOT / ".hubserve")
-    parser.add_argument("--s3-port", type=int, default=int(os.environ.get("HUBSERVE_S3_PORT", 8333)))
+    parser.add_argument(
+        "--s3-port", type=int, default=int(os.environ.get("HUBSERVE_S3_PORT", 8333))
+    )
     parser.add_argument("--bucket", default="models")
     args = parser.parse_args()
     state: Path = args.state
@@ -66,8 +68,13 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
     try:
-        store = S3Store(server.endpoint, args.bucket, access_key=server.access_key,
-                        secret_key=server.secret_key, secure=False)
+        store = S3Store(
+            server.endpoint,
+            args.bucket,
+            access_key=server.access_key,
+            secret_key=server.secret_key,
+            secure=False,
+        )
         owner = default_owner()
         refs = _push_examples(store, state, owner)
         env = {
@@ -78,11 +85,12 @@ def main() -> int:
         }
         env_file = state / "env"
         env_file.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
-        print(f"""
+        print(
+            f"""
 hubserve is up ({time.monotonic() - started:.1f} s).
 
-  model store   {server.url}  bucket '{args.bucket}'  (SeaweedFS, data in {state / 's3'})
-  models        {chr(10).join('                ' + r if i else r for i, r in enumerate(refs))}
+  model store   {server.url}  bucket '{args.bucket}'  (SeaweedFS, data in {state / "s3"})
+  models        {chr(10).join("                " + r if i else r for i, r in enumerate(refs))}
 
 First steps, in another terminal:
   source {env_file}
@@ -90,7 +98,9 @@ First steps, in another terminal:
   .venv/bin/hubserve show {owner}/iris
   .venv/bin/hubserve push examples/iris/iris.py:service
 
-Ctrl-C stops everything.""", flush=True)
+Ctrl-C stops everything.""",
+            flush=True,
+        )
         try:
             while not stop.wait(1.0):
                 if not server.running:
