@@ -104,6 +104,24 @@ def register_serve_commands(cli: click.Group) -> None:
         run_server(source, settings)
 
     @cli.command()
+    @click.option(
+        "--socket",
+        "socket_path",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Unix socket to listen on for launch requests (created mode 0600).",
+    )
+    def zygote(socket_path: Path) -> None:
+        """Run a pre-warmed runtime launcher: replicas start by fork, without import costs."""
+        import os
+
+        # Before numpy is first imported: OpenBLAS starts its thread pool at load time.
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+        from ..runtime._zygote import run_zygote
+
+        run_zygote(socket_path)
+
+    @cli.command()
     @click.argument("url")
     @click.argument("api")
     @click.option("--data", "-d", help="JSON input (use @FILE to read it from a file).")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -64,12 +64,23 @@ class BodyTooLarge(Exception):
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing more than ``limit`` bytes before reading them when possible."""
-    declared = request.headers.get("content-length")
+    return await _receive_body(request.receive, limit, request.headers.get("content-length"))
+
+
+async def _receive_body(receive: Receive, limit: int, declared: str | None) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):  # the common case: one chunk
+        if len(body) > limit:
+            raise BodyTooLarge
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge
@@ -77,59 +88,110 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _api_endpoint(runtime: Runtime, spec: ApiSpec) -> Callable[[Request], Awaitable[Response]]:
-    limit = runtime.settings.max_body_bytes
-    observe = runtime.metrics.observe_request
-    in_flight = runtime.metrics.in_flight
-    name = spec.name
+class _ApiHandler:
+    """One API as a bare ASGI app: no Request or Response objects on the hot path.
 
-    async def endpoint(request: Request) -> Response:
+    Each request costs a header scan, one body read, decode, the model call (usually through
+    the batcher), encode and two ``send`` calls; everything else is bound once, here.
+    """
+
+    def __init__(self, runtime: Runtime, spec: ApiSpec) -> None:
+        self.runtime = runtime
+        self.spec = spec
+        self.name = spec.name
+        self.limit = runtime.settings.max_body_bytes
+        self.observe = runtime.metrics.observe_request
+        self.in_flight = runtime.metrics.in_flight
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        self.in_flight.inc()
         status = 500
-        in_flight.inc()
         try:
-            try:
-                body = await read_body(request, limit)
-                if spec.input.kind == "path":  # a folder in, a folder out: run as a batch job
-                    response = _submit_job(runtime, name, _job_request(body))
-                    status = response.status_code
-                    return response
-                decoded = _codecs.decode(spec.input, body, request.headers.get("content-type"))
-            except BodyTooLarge:
-                status = 413
-                return error_response(status, f"request body is larger than {limit} bytes")
-            except _codecs.CodecError as exc:
-                status = exc.status_code
-                return error_response(status, str(exc))
-            try:
-                result = await runtime.call(spec, decoded.value)
-            except Overloaded as exc:
-                status = 503
-                return error_response(
-                    status,
-                    f"{name} is overloaded; retry later",
-                    {"Retry-After": str(max(1, round(exc.retry_after)))},
-                )
-            except _codecs.CodecError as exc:  # validation raised inside the API
-                status = exc.status_code
-                return error_response(status, str(exc))
-            except Exception as exc:  # the API's own code failed on this input
-                log.warning("API %s failed: %s: %s", name, type(exc).__name__, exc)
-                return error_response(500, f"API {name!r} failed: {type(exc).__name__}: {exc}")
-            try:
-                payload, media_type = _codecs.encode(
-                    spec.output, result, wire=decoded.wire, accept=request.headers.get("accept")
-                )
-            except (TypeError, ValueError) as exc:
-                log.error("API %s returned a value that cannot be encoded: %s", name, exc)
-                return error_response(500, f"API {name!r} returned a value hubserve cannot encode")
-            status = 200
-            return Response(payload, media_type=media_type)
+            content_type = accept = length = None
+            for key, value in scope["headers"]:
+                if key == b"content-type":
+                    content_type = value.decode("latin-1")
+                elif key == b"accept":
+                    accept = value.decode("latin-1")
+                elif key == b"content-length":
+                    length = value.decode("latin-1")
+            status, media_type, payload, headers = await self._handle(
+                receive, content_type, accept, length
+            )
+            start: list[tuple[bytes, bytes]] = [
+                (b"content-type", media_type.encode("latin-1")),
+                (b"content-length", str(len(payload)).encode()),
+            ]
+            start.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
+            await send({"type": "http.response.start", "status": status, "headers": start})
+            await send({"type": "http.response.body", "body": payload})
         finally:
-            in_flight.dec()
-            observe(name, status, time.perf_counter() - started)
+            self.in_flight.dec()
+            self.observe(self.name, status, time.perf_counter() - started)
 
-    return endpoint
+    async def _handle(
+        self, receive: Receive, content_type: str | None, accept: str | None, length: str | None
+    ) -> tuple[int, str, bytes, dict[str, str]]:
+        spec, name = self.spec, self.name
+        try:
+            body = await _receive_body(receive, self.limit, length)
+            if spec.input.kind == "path":  # a folder in, a folder out: run as a batch job
+                return _as_tuple(_submit_job(self.runtime, name, _job_request(body)))
+            decoded = _codecs.decode(spec.input, body, content_type)
+            result = await self.runtime.call(spec, decoded.value)
+        except BodyTooLarge:
+            return _error(413, f"request body is larger than {self.limit} bytes")
+        except _codecs.CodecError as exc:  # bad input, found by the codecs or inside the API
+            return _error(exc.status_code, str(exc))
+        except Overloaded as exc:
+            retry = {"Retry-After": str(max(1, round(exc.retry_after)))}
+            return _error(503, f"{name} is overloaded; retry later", retry)
+        except Exception as exc:  # the API's own code failed on this input
+            log.warning("API %s failed: %s: %s", name, type(exc).__name__, exc)
+            return _error(500, f"API {name!r} failed: {type(exc).__name__}: {exc}")
+        try:
+            payload, media_type = _codecs.encode(
+                spec.output, result, wire=decoded.wire, accept=accept
+            )
+        except (TypeError, ValueError) as exc:
+            log.error("API %s returned a value that cannot be encoded: %s", name, exc)
+            return _error(500, f"API {name!r} returned a value hubserve cannot encode")
+        return 200, media_type, payload, {}
+
+
+def _error(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> tuple[int, str, bytes, dict[str, str]]:
+    return status, "application/json", orjson.dumps({"detail": message}), headers or {}
+
+
+def _as_tuple(response: Response) -> tuple[int, str, bytes, dict[str, str]]:
+    headers = {
+        k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")
+    }
+    return (
+        response.status_code,
+        response.media_type or "application/json",
+        bytes(response.body),
+        headers,
+    )
+
+
+class ApiFastPath:
+    """Send ``POST /<api>`` straight to its handler, before FastAPI's router (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp, handlers: dict[str, _ApiHandler]) -> None:
+        self.app = app
+        self.handlers = handlers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.handlers.get(scope["path"])
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 _JOB_BODY = 'expected JSON {"input": "<location>", "output": "<location>", "pattern": "*.fits"}'
@@ -286,10 +348,13 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(oip_router(runtime))
     for route in _job_routes(runtime):
         app.router.routes.append(route)
-    for spec in runtime.service.apis.values():
-        app.router.routes.append(
-            Route(f"/{spec.name}", _api_endpoint(runtime, spec), methods=["POST"], name=spec.name)
-        )
+    handlers = {
+        f"/{spec.name}": _ApiHandler(runtime, spec) for spec in runtime.service.apis.values()
+    }
+    for path, handler in handlers.items():
+        # Reached only when the fast path did not take the request (e.g. GET -> 405).
+        app.router.routes.append(Route(path, handler, methods=["POST"], name=handler.name))
+    app.add_middleware(ApiFastPath, handlers=handlers)
     install_openapi(app, runtime)
     token = runtime.settings.api_token
     if token is not None and token.get_secret_value():

@@ -1,0 +1,232 @@
+"""A pre-warmed launcher for runtimes: start replicas by forking, not by booting Python.
+
+Most of a runtime's start-up is not the model: it is the interpreter importing torch (about a
+second), FastAPI, uvicorn and friends. A *zygote* pays that once. It imports everything a
+runtime needs, freezes the heap, and waits on a Unix socket; each launch request forks it.
+The child (copy-on-write, already warm) only loads its bundle, binds its port and warms up,
+so a small model answers its first request a few hundred milliseconds after the request to
+launch it. The hub service's local backend launches replicas this way.
+
+Forking is only safe while the zygote is single-threaded (no OpenMP pool, no event loop):
+it never runs a model or an event loop itself, and it caps OpenBLAS at one thread before
+numpy is imported (OpenBLAS starts its pool at import), so numpy's own BLAS calls in the
+launched runtimes run on one thread; torch's thread pool is unaffected. Children start a
+new session, reset signal handlers, write to their own log file and never return into the
+zygote's loop; they are not the zygote's to supervise (their caller watches them by pid and
+health checks), so the zygote lets the kernel reap them.
+
+Protocol: one JSON line per connection, ``{"source", "settings", "env", "log_file"}``;
+the reply is ``{"pid": N}`` or ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from ..errors import HubserveError
+
+log = logging.getLogger("hubserve.zygote")
+
+#: Imported before forking: everything a runtime imports that does not depend on the bundle.
+PRELOAD = (
+    "numpy",
+    "torch",
+    "safetensors.torch",
+    "pandas",
+    "PIL.Image",
+    "fastapi",
+    "uvicorn",
+    "uvicorn.loops.uvloop",
+    "uvicorn.protocols.http.httptools_impl",
+    "uvicorn.lifespan.on",
+    "orjson",
+    "prometheus_client",
+    "model_runtime.runtime",
+)
+_MAX_REQUEST = 1024 * 1024
+
+
+class ZygoteError(HubserveError):
+    """The zygote could not be reached or refused to launch a runtime."""
+
+
+def preload() -> list[str]:
+    """Import :data:`PRELOAD` (skipping what is not installed); return what was imported."""
+    loaded = []
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+        loaded.append(name)
+    return loaded
+
+
+def _os_threads() -> int:
+    try:
+        return sum(1 for _ in Path("/proc/self/task").iterdir())
+    except OSError:
+        return threading.active_count()
+
+
+def run_zygote(socket_path: Path) -> None:
+    """Serve launch requests on ``socket_path`` until SIGTERM/SIGINT."""
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"  # in case numpy is not imported yet
+    loaded = preload()
+    gc.collect()
+    gc.freeze()
+    if _os_threads() > 1:
+        raise ZygoteError(
+            "the zygote has background threads after importing its modules, so forking it is"
+            " unsafe; start it with OPENBLAS_NUM_THREADS=1 (hubserve zygote does)"
+        )
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        socket_path.unlink()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # the socket is 0600 from birth: only our user may launch
+    try:
+        server.bind(str(socket_path))
+    finally:
+        os.umask(old_umask)
+    server.listen(64)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps children for us
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        server.close()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"hubserve zygote ready on {socket_path} ({len(loaded)} modules preloaded)", flush=True)
+    try:
+        while not stopping:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                break  # closed by stop()
+            with conn:
+                _serve_one(conn, server)
+    finally:
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()
+
+
+def _serve_one(conn: socket.socket, server: socket.socket) -> None:
+    try:
+        request = _read_request(conn)
+        pid = os.fork()
+    except (ValueError, OSError) as exc:
+        _reply(conn, {"error": str(exc)})
+        return
+    if pid == 0:  # the child: never returns
+        server.close()
+        conn.close()
+        _become_runtime(request)
+    _reply(conn, {"pid": pid})
+
+
+def _read_request(conn: socket.socket) -> dict[str, Any]:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > _MAX_REQUEST:
+            raise ValueError("launch request too large")
+    request = json.loads(data)
+    if not isinstance(request, dict) or not isinstance(request.get("source"), str):
+        raise ValueError('a launch request is {"source": ..., "settings": {...}, ...}')
+    if not isinstance(request.get("log_file"), str):
+        raise ValueError("a launch request needs a log_file")
+    return request
+
+
+def _reply(conn: socket.socket, message: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):
+        conn.sendall(json.dumps(message).encode() + b"\n")
+
+
+def _become_runtime(request: dict[str, Any]) -> None:
+    code = 1
+    try:
+        os.setsid()
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        log_fd = os.open(request["log_file"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        null_fd = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null_fd, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
+        from . import RuntimeSettings, serve
+
+        settings = RuntimeSettings(**(request.get("settings") or {}))
+        serve(request["source"], settings)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
+    except HubserveError as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def spawn(
+    socket_path: Path,
+    source: str,
+    *,
+    log_file: Path,
+    settings: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> int:
+    """Ask the zygote at ``socket_path`` to launch a runtime; return the runtime's pid."""
+    message = {
+        "source": source,
+        "settings": settings or {},
+        "env": env or {},
+        "log_file": str(log_file),
+    }
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(str(socket_path))
+            conn.sendall(json.dumps(message, default=str).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as exc:
+        raise ZygoteError(f"cannot reach the zygote at {socket_path}: {exc}") from None
+    try:
+        reply = json.loads(data)
+    except json.JSONDecodeError:
+        raise ZygoteError("the zygote closed the connection without an answer") from None
+    if "error" in reply:
+        raise ZygoteError(f"the zygote refused to launch {source}: {reply['error']}")
+    return int(reply["pid"])
