@@ -39,15 +39,13 @@ import shutil
 import uuid
 import xml.etree.ElementTree as ET
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import SplitResult, unquote, urlsplit
 
 import httpx
 import urllib3
-from minio import Minio
-from minio.error import MinioException, S3Error, ServerError
+from minio.error import MinioException, S3Error
 from webdav4.client import (
     BadGatewayError,
     ClientError,
@@ -61,6 +59,7 @@ from webdav4.client import Client as WebDAVClient
 from webdav4.multistatus import MultiStatusResponseError
 
 from ..errors import HubserveError
+from ..s3 import PART_SIZE, S3Credentials, classify, make_client
 
 __all__ = [
     "Location",
@@ -70,18 +69,7 @@ __all__ = [
     "open_location",
 ]
 
-#: Multipart part size of S3 uploads (the same as the model store's).
-_S3_PART_SIZE = 16 * 1024 * 1024
 _CHUNK = 1024 * 1024
-_S3_AUTH_CODES = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "InvalidToken",
-    "ExpiredToken",
-    "AllAccessDisabled",
-    "AuthorizationHeaderMalformed",
-}
 _HTTP_AUTH_STATUSES = {401, 403}
 _HTTP_UNAVAILABLE_STATUSES = {502, 503, 504}
 _WEBDAV_ERRORS = (
@@ -101,17 +89,6 @@ class LocationError(HubserveError, ValueError):
 
 class LocationUnavailableError(LocationError):
     """A location cannot be used any more: unreachable, credentials refused, bucket gone."""
-
-
-@dataclass(frozen=True)
-class S3Credentials:
-    """How to reach the S3 server of ``s3://`` locations; ``endpoint`` is ``host[:port]``."""
-
-    endpoint: str
-    access_key: str | None = None
-    secret_key: str | None = field(default=None, repr=False)
-    secure: bool = True
-    region: str | None = None
 
 
 class Location(ABC):
@@ -308,25 +285,8 @@ class _S3Location(Location):
         self.endpoint = credentials.endpoint
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
-        self._http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=5.0, read=60.0),
-            retries=urllib3.Retry(
-                total=2,
-                backoff_factor=0.2,
-                status_forcelist=[500, 502, 503, 504],
-                allowed_methods=None,
-            ),
-            maxsize=4,
-        )
         try:
-            self.client = Minio(
-                credentials.endpoint,
-                access_key=credentials.access_key,
-                secret_key=credentials.secret_key,
-                secure=credentials.secure,
-                region=credentials.region,
-                http_client=self._http,
-            )
+            self.client = make_client(credentials, pool=4)
         except ValueError as exc:
             raise LocationError(f"invalid S3 endpoint {credentials.endpoint!r}: {exc}") from None
 
@@ -341,13 +301,13 @@ class _S3Location(Location):
                 )
             if exc.code in ("NoSuchKey", "NoSuchObject"):
                 return LocationError(f"{what} not found in {self.describe()}")
-            if exc.code in _S3_AUTH_CODES:
+            if classify(exc) == "auth":
                 return LocationUnavailableError(
                     f"S3 at {self.endpoint} refused our credentials or denied access "
                     f"({exc.code}) to {self.describe()}"
                 )
             return LocationError(f"S3 error {exc.code} on {what} in {self.describe()}")
-        if isinstance(exc, (urllib3.exceptions.HTTPError, OSError, ServerError)):
+        if classify(exc) == "unreachable":
             return LocationUnavailableError(
                 f"cannot reach S3 at {self.endpoint}: {type(exc).__name__}"
             )
@@ -406,14 +366,14 @@ class _S3Location(Location):
                 self.bucket,
                 self.prefix + rel,
                 str(path),
-                part_size=_S3_PART_SIZE,
+                part_size=PART_SIZE,
                 num_parallel_uploads=1,
             )
             written.append(rel)
         return written
 
     def close(self) -> None:
-        self._http.clear()
+        self.client._http.clear()  # minio has no public close; its pool is `_http`
 
 
 # -- WebDAV -----------------------------------------------------------------------------------

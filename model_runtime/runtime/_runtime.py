@@ -31,7 +31,7 @@ from ..store import StoreSettings
 from . import _codecs
 from ._batching import AdaptiveBatcher
 from ._jobs import JobManager
-from ._locations import S3Credentials, open_location
+from ._locations import open_location
 from ._metrics import RuntimeMetrics
 from ._settings import RuntimeSettings
 
@@ -104,7 +104,7 @@ class Runtime:
             self.jobs = JobManager(
                 {name: spec.func for name, spec in self.path_apis.items()},
                 work_dir=self._work_dir(),
-                open_location=partial(open_location, s3=_s3_credentials()),
+                open_location=partial(open_location, s3=StoreSettings().s3_credentials()),
             )
             self.jobs.start()
         if self.settings.warmup:
@@ -189,16 +189,3 @@ def _synthetic_input(spec: ApiSpec) -> Any:
 
         return torch.from_numpy(array)
     return array
-
-
-def _s3_credentials() -> S3Credentials | None:
-    settings = StoreSettings()
-    if not settings.s3_endpoint:
-        return None
-    endpoint = settings.s3_endpoint
-    return S3Credentials(
-        endpoint=endpoint.removeprefix("http://").removeprefix("https://"),
-        access_key=settings.s3_access_key,
-        secret_key=settings.s3_secret_key.get_secret_value(),
-        secure=settings.s3_secure or endpoint.startswith("https://"),
-    )

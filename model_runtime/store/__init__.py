@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..errors import HubserveError
 from ..paths import default_home
+from ..s3 import S3Credentials
 from ._objects import LocalObjects, ObjectBackend, ObjectInfo, ProgressCallback
 from ._records import ModelSummary, StoredVersion, VersionSummary
 from ._s3 import S3Objects
@@ -75,6 +76,18 @@ class StoreSettings(BaseSettings):
     s3_secure: bool = False
     s3_region: str | None = None
 
+    def s3_credentials(self) -> S3Credentials | None:
+        """The S3 server these settings name (``https://`` in the endpoint means TLS)."""
+        if not self.s3_endpoint:
+            return None
+        return S3Credentials(
+            endpoint=self.s3_endpoint.removeprefix("http://").removeprefix("https://"),
+            access_key=self.s3_access_key or None,
+            secret_key=self.s3_secret_key.get_secret_value() or None,
+            secure=self.s3_secure or self.s3_endpoint.startswith("https://"),
+            region=self.s3_region,
+        )
+
 
 def open_store(location: str | Path | None = None, settings: StoreSettings | None = None) -> Store:
     """Open the store at ``location``: a path, ``file://...`` or ``s3://bucket[/prefix]``.
@@ -88,17 +101,18 @@ def open_store(location: str | Path | None = None, settings: StoreSettings | Non
         return LocalStore()
     parts = urlsplit(where)
     if parts.scheme == "s3":
-        if not settings.s3_endpoint:
+        credentials = settings.s3_credentials()
+        if credentials is None:
             raise HubserveError(
                 f"{where} needs an S3 endpoint: set HUBSERVE_S3_ENDPOINT or --s3-endpoint"
             )
         return S3Store(
-            settings.s3_endpoint.removeprefix("http://").removeprefix("https://"),
+            credentials.endpoint,
             parts.netloc,
-            access_key=settings.s3_access_key or None,
-            secret_key=settings.s3_secret_key.get_secret_value() or None,
-            secure=settings.s3_secure or settings.s3_endpoint.startswith("https://"),
-            region=settings.s3_region,
+            access_key=credentials.access_key,
+            secret_key=credentials.secret_key,
+            secure=credentials.secure,
+            region=credentials.region,
             prefix=parts.path,
         )
     if parts.scheme == "file":

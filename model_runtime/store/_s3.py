@@ -15,25 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
-from minio import Minio
 from minio.error import MinioException, S3Error
 
 from ..errors import NotFoundError, StoreAuthError, StoreError, StoreUnavailableError
+from ..s3 import PART_SIZE, S3Credentials, classify, make_client
 from ._objects import ObjectBackend, ObjectInfo, ProgressCallback
 
-#: Multipart part size: large enough for few requests, small enough to stream.
-PART_SIZE = 16 * 1024 * 1024
 _CHUNK = 1024 * 1024
-_AUTH_CODES = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "InvalidToken",
-    "ExpiredToken",
-    "AllAccessDisabled",
-    "AuthorizationHeaderMalformed",
-}
-_NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchUpload", "NoSuchObject"}
 
 
 class _Progress:
@@ -71,24 +59,8 @@ class S3Objects(ObjectBackend):
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.create_bucket = create_bucket
         self._bucket_checked = False
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=max(timeout, 60.0)),
-            retries=urllib3.Retry(
-                total=2,
-                backoff_factor=0.2,
-                status_forcelist=[500, 502, 503, 504],
-                allowed_methods=None,
-            ),
-            maxsize=10,
-        )
-        self.client = Minio(
-            endpoint,
-            access_key=access_key,
-            secret_key=secret_key,
-            secure=secure,
-            region=region,
-            http_client=http,
-        )
+        credentials = S3Credentials(endpoint, access_key, secret_key, secure, region)
+        self.client = make_client(credentials, timeout=timeout)
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix} at {self.endpoint}"
@@ -98,19 +70,20 @@ class S3Objects(ObjectBackend):
 
     def _error(self, exc: Exception, key: str = "") -> StoreError:
         where = f"{self.describe()}" + (f" ({key})" if key else "")
+        failure = classify(exc)
+        if failure == "unreachable":
+            return StoreUnavailableError(
+                f"cannot reach S3 at {self.endpoint}: {type(exc).__name__}"
+            )
         if isinstance(exc, S3Error):
-            if exc.code in _NOT_FOUND_CODES:
+            if failure == "not_found":
                 missing = f"bucket {self.bucket!r}" if exc.code == "NoSuchBucket" else key
                 return NotFoundError(f"{missing} not found in {self.describe()}")
-            if exc.code in _AUTH_CODES:
+            if failure == "auth":
                 return StoreAuthError(
                     f"S3 refused our credentials or denied access ({exc.code}) at {where}"
                 )
             return StoreError(f"S3 error {exc.code} at {where}: {exc.message}")
-        if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
-            return StoreUnavailableError(
-                f"cannot reach S3 at {self.endpoint}: {type(exc).__name__}"
-            )
         if isinstance(exc, MinioException):
             return StoreError(f"S3 error at {where}: {exc}")
         return StoreError(f"S3 error at {where}: {type(exc).__name__}")

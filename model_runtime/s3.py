@@ -1,0 +1,81 @@
+"""How hubserve talks to S3: one client recipe, one reading of S3's error codes.
+
+The model store and the runtime's ``s3://`` job locations both use the ``minio`` client.
+Both need the same things: short connect timeouts and few retries (a server that is down is
+reported in seconds, not after minutes of back-off), and the same sorting of S3 error codes
+into "not found", "credentials refused" and "unreachable", each of which they turn into
+their own error classes with messages that never include a secret.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error, ServerError
+
+#: Multipart part size: large enough for few requests, small enough to stream.
+PART_SIZE = 16 * 1024 * 1024
+
+AUTH_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "AllAccessDisabled",
+        "AuthorizationHeaderMalformed",
+    }
+)
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchUpload", "NoSuchObject"})
+
+Failure = Literal["not_found", "auth", "unreachable", "other"]
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """Where an S3 server is and how to sign requests; ``endpoint`` is ``host[:port]``."""
+
+    endpoint: str
+    access_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    secure: bool = True
+    region: str | None = None
+
+
+def make_client(credentials: S3Credentials, *, timeout: float = 10.0, pool: int = 10) -> Minio:
+    """A client with short connect timeouts and two retries on 5xx and broken connections."""
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=max(timeout, 60.0)),
+        retries=urllib3.Retry(
+            total=2,
+            backoff_factor=0.2,
+            status_forcelist=[500, 502, 503, 504],
+            allowed_methods=None,
+        ),
+        maxsize=pool,
+    )
+    return Minio(
+        credentials.endpoint,
+        access_key=credentials.access_key,
+        secret_key=credentials.secret_key,
+        secure=credentials.secure,
+        region=credentials.region,
+        http_client=http,
+    )
+
+
+def classify(exc: BaseException) -> Failure:
+    """What kind of failure an exception from the minio client is."""
+    if isinstance(exc, S3Error):
+        if exc.code in NOT_FOUND_CODES:
+            return "not_found"
+        if exc.code in AUTH_CODES:
+            return "auth"
+        return "other"
+    if isinstance(exc, (urllib3.exceptions.HTTPError, OSError, ServerError)):
+        return "unreachable"
+    return "other"
