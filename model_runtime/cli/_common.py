@@ -7,14 +7,20 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import click
 from pydantic import BaseModel
 from tqdm import tqdm
 
 from ..naming import ModelRef
-from ..store import ProgressCallback, Store, StoreSettings, default_owner, open_store
+from ..store import (
+    ProgressCallback,
+    Store,
+    StoreSettings,
+    default_owner,
+    open_store,
+    split_model_uri,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -98,16 +104,9 @@ def store_and_ref(text: str, options: dict[str, Any]) -> tuple[Store, ModelRef]:
     ``s3://bucket/owner/name:version`` and ``file:///root/owner/name:version``: the last two
     path parts are the owner and the model, the rest is the store.
     """
-    parts = urlsplit(text)
-    if parts.scheme in ("s3", "file"):
-        path, _, selector = parts.path.partition(":")
-        segments = [s for s in path.split("/") if s]
-        if len(segments) < 2:
-            raise click.BadParameter(f"{text!r} must end with /owner/name[:version]")
-        owner, name = segments[-2], segments[-1]
-        base = "/".join(segments[:-2])
-        location = f"s3://{parts.netloc}/{base}" if parts.scheme == "s3" else f"file:///{base}"
-        ref = ModelRef.parse(f"{owner}/{name}" + (f":{selector}" if selector else ""))
+    uri = split_model_uri(text)
+    if uri is not None:
+        location, ref = uri
         return make_store(options, location), ref
     owner = options.get("owner") or default_owner()
     return make_store(options), ModelRef.parse(text, default_owner=owner)

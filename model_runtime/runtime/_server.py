@@ -18,7 +18,6 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import FastAPI
@@ -27,7 +26,7 @@ from ..bundle import load_bundle
 from ..errors import HubserveError
 from ..naming import ModelRef
 from ..service import Service
-from ..store import open_store
+from ..store import open_store, split_model_uri
 from ._app import create_app
 from ._runtime import Runtime
 from ._settings import RuntimeSettings
@@ -49,21 +48,11 @@ def load_service(source: str, settings: RuntimeSettings) -> Service:
         )
     if source.startswith(("/", ".", "~")) or source.endswith((".tar.gz", ".tgz")):
         raise HubserveError(f"no bundle at {path}: not a bundle directory or archive")
-    parts = urlsplit(source)
-    if parts.scheme in ("s3", "file"):
-        body, _, selector = parts.path.partition(":")
-        segments = [s for s in body.split("/") if s]
-        if len(segments) < 2:
-            raise HubserveError(f"{source!r} must end with /owner/name[:version]")
-        root = "/".join(segments[:-2])
-        location = f"{parts.scheme}://{parts.netloc}/{root}" if parts.scheme == "s3" else f"/{root}"
-        store = open_store(location)
-        ref = ModelRef.parse(
-            f"{segments[-2]}/{segments[-1]}" + (f":{selector}" if selector else "")
-        )
+    uri = split_model_uri(source)
+    if uri is not None:
+        store, ref = open_store(uri[0]), uri[1]
     else:
-        store = open_store()
-        ref = ModelRef.parse(source)
+        store, ref = open_store(), ModelRef.parse(source)
     pulled = store.pull(ref, cache_dir=settings.cache_dir)
     return load_bundle(pulled.path, trust_pickle=settings.trust_pickle, device=settings.device)
 

@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ..errors import HubserveError
+from ..errors import HubserveError, InvalidNameError
+from ..naming import ModelRef
 from ..paths import default_home
 from ..s3 import S3Credentials
 from ._objects import LocalObjects, ObjectBackend, ObjectInfo, ProgressCallback
@@ -122,6 +123,23 @@ def open_store(location: str | Path | None = None, settings: StoreSettings | Non
     return LocalStore(where)
 
 
+def split_model_uri(text: str) -> tuple[str, ModelRef] | None:
+    """``s3://bucket/[prefix/]owner/name[:sel]`` or ``file:///root/owner/name[:sel]`` ->
+    ``(store location, reference)``: the last two path parts name the model, the rest is the
+    store. ``None`` when ``text`` is not such a URI (a plain reference, say)."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("s3", "file"):
+        return None
+    path, _, selector = parts.path.partition(":")
+    segments = [s for s in path.split("/") if s]
+    if len(segments) < 2:
+        raise InvalidNameError(f"{text!r} must end with /owner/name[:version]")
+    base = "/".join(segments[:-2])
+    location = f"s3://{parts.netloc}/{base}" if parts.scheme == "s3" else f"file:///{base}"
+    ref = ModelRef.parse(f"{segments[-2]}/{segments[-1]}" + (f":{selector}" if selector else ""))
+    return location, ref
+
+
 __all__ = [
     "LocalStore",
     "ModelSummary",
@@ -136,4 +154,5 @@ __all__ = [
     "VersionSummary",
     "default_owner",
     "open_store",
+    "split_model_uri",
 ]
