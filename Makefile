@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint typecheck unit venv clean
+.PHONY: up test lint typecheck unit test-hub venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,15 +21,24 @@ up: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check model_runtime tests dev
+	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 unit: $(STAMP)
-	$(PY) -m pytest tests/model_runtime
+	$(PY) -m pytest tests/model_runtime -p no:cacheprovider
 
-test: lint typecheck unit
+test: lint typecheck unit test-hub
+
+# hub_service against a real JupyterHub; its own pytest run (the jupyter_server plugin clashes).
+CHP := .hubserve/node/node_modules/.bin/configurable-http-proxy
+
+$(CHP):
+	npm install --prefix .hubserve/node --no-audit --no-fund configurable-http-proxy
+
+test-hub: $(STAMP) $(CHP)
+	$(PY) -m pytest tests/hub_service -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .hubserve build *.egg-info .pytest_cache .mypy_cache .ruff_cache

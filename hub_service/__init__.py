@@ -5,3 +5,7 @@ deployments and the authenticated prediction gateway (see ``DESIGN.md``, "Hub se
 It depends on :mod:`model_runtime` for bundles and the store, and on nothing of the notebook
 side, which talks to it over HTTP only.
 """
+
+from .config import configure_jupyterhub
+
+__all__ = ["configure_jupyterhub"]

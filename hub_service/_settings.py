@@ -1,0 +1,189 @@
+"""Settings of the hub service, read from the environment when the service starts.
+
+JupyterHub starts a managed service with a set of ``JUPYTERHUB_*`` variables: the service's
+name, the URL to bind (``JUPYTERHUB_SERVICE_URL``), its proxy prefix
+(``JUPYTERHUB_SERVICE_PREFIX``, ``/services/hubserve/``), the hub API URL, the service's own
+API token (which is also its OAuth client secret), its OAuth client id and callback URL, and
+the public host/base URL of the hub that browsers are sent to for login. The hubserve-specific
+settings (store, database, deploy backend, limits, auth caches, cookie secret) come from
+``HUBSERVE_*`` variables, which :func:`hub_service.configure_jupyterhub` sets in the service's
+environment.
+
+Nothing is read at import time: :class:`HubServiceSettings` reads the environment when it is
+instantiated, i.e. in :mod:`hub_service.__main__` or by a test that builds one explicitly.
+
+Standalone development mode: without a hub, set ``HUBSERVE_STATIC_TOKEN_FILE`` to a JSON file
+mapping tokens to identities (see :class:`StaticIdentity`); tokens are then resolved from it
+instead of the hub API, and browser login is unavailable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, TypeAdapter, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_COOKIE_KEY_CONTEXT = b"hubserve-cookie-secret-v1"
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class ServiceLimits(BaseModel):
+    """Resource limits the service enforces (``HUBSERVE_LIMITS`` as JSON)."""
+
+    model_config = {"extra": "forbid"}
+
+    max_upload_bytes: int = Field(2 * 1024**3, gt=0)
+    max_replicas: int = Field(8, gt=0)
+    max_deployments_per_user: int = Field(10, gt=0)
+
+
+class StaticIdentity(BaseModel):
+    """An identity of the standalone development mode, as written in the static token file.
+
+    The file is a JSON object ``{"<token>": {"name": "alice", "admin": false, "groups": []}}``.
+    Static identities always hold the access scope of this service.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(min_length=1)
+    admin: bool = False
+    groups: list[str] = Field(default_factory=list)
+
+
+StaticTokens = dict[str, StaticIdentity]
+_STATIC_TOKENS = TypeAdapter(StaticTokens)
+
+
+class HubServiceSettings(BaseSettings):
+    """Everything the service needs to know, from ``JUPYTERHUB_*`` and ``HUBSERVE_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="HUBSERVE_", extra="ignore", populate_by_name=True)
+
+    service_name: str = Field(
+        "hubserve", validation_alias=_env("JUPYTERHUB_SERVICE_NAME", "HUBSERVE_SERVICE_NAME")
+    )
+    service_url: str = Field(
+        "http://127.0.0.1:10101",
+        validation_alias=_env("JUPYTERHUB_SERVICE_URL", "HUBSERVE_SERVICE_URL"),
+        description="Where the service listens (scheme, host and port are used).",
+    )
+    base_url: str = Field(
+        "/services/hubserve/",
+        validation_alias=_env("JUPYTERHUB_SERVICE_PREFIX", "HUBSERVE_BASE_URL"),
+        description="The path prefix the proxy routes to the service.",
+    )
+    hub_api_url: str = Field(
+        "http://127.0.0.1:8081/hub/api",
+        validation_alias=_env("JUPYTERHUB_API_URL", "HUBSERVE_HUB_API_URL"),
+    )
+    hub_host: str = Field(
+        "",
+        validation_alias=_env("JUPYTERHUB_HOST", "HUBSERVE_HUB_HOST"),
+        description="Public origin of the hub for browser redirects ('' = same origin).",
+    )
+    hub_base_url: str = Field(
+        "/", validation_alias=_env("JUPYTERHUB_BASE_URL", "HUBSERVE_HUB_BASE_URL")
+    )
+    api_token: SecretStr | None = Field(
+        None, validation_alias=_env("JUPYTERHUB_API_TOKEN", "HUBSERVE_API_TOKEN")
+    )
+    oauth_client_id: str = Field(
+        "", validation_alias=_env("JUPYTERHUB_CLIENT_ID", "HUBSERVE_OAUTH_CLIENT_ID")
+    )
+    oauth_redirect_uri: str = Field(
+        "",
+        validation_alias=_env("JUPYTERHUB_OAUTH_CALLBACK_URL", "HUBSERVE_OAUTH_REDIRECT_URI"),
+    )
+    # The fields below are read from HUBSERVE_<FIELD NAME>.
+    cookie_secret: SecretStr | None = Field(
+        None, description="Key material for session cookies; derived from api_token if unset."
+    )
+    static_token_file: Path | None = None
+    positive_ttl: float = Field(60.0, ge=0, description="Seconds a resolved token is cached.")
+    negative_ttl: float = Field(5.0, ge=0, description="Seconds a rejected token is cached.")
+    cache_size: int = Field(4096, gt=0, description="Entries in each auth cache.")
+    session_max_age: int = Field(14 * 24 * 3600, gt=0)
+    oauth_state_max_age: int = Field(600, gt=0)
+    hub_timeout: float = Field(10.0, gt=0)
+    store: str = ""
+    database_url: str | None = None
+    backend: Literal["local", "kubernetes"] = "local"
+    limits: ServiceLimits = Field(default_factory=ServiceLimits)
+
+    @field_validator("base_url", "hub_base_url")
+    @classmethod
+    def _slashes(cls, value: str) -> str:
+        return "/" + value.strip("/") + "/" if value.strip("/") else "/"
+
+    @field_validator("hub_api_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    # -- derived values -------------------------------------------------------------------
+
+    @property
+    def bind_host(self) -> str:
+        return urlsplit(self.service_url).hostname or "127.0.0.1"
+
+    @property
+    def bind_port(self) -> int:
+        parts = urlsplit(self.service_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def client_id(self) -> str:
+        return self.oauth_client_id or f"service-{self.service_name}"
+
+    @property
+    def redirect_uri(self) -> str:
+        return self.oauth_redirect_uri or self.hub_host + self.base_url + "oauth_callback"
+
+    @property
+    def authorize_url(self) -> str:
+        """The hub's OAuth authorize endpoint, as the browser reaches it."""
+        return self.hub_host + self.hub_base_url + "hub/api/oauth2/authorize"
+
+    @property
+    def token_url(self) -> str:
+        """The hub's OAuth token endpoint, as this service reaches it."""
+        return self.hub_api_url + "/oauth2/token"
+
+    @property
+    def oauth_enabled(self) -> bool:
+        """Browser login needs the service's own token (the OAuth client secret)."""
+        return self.api_token is not None and self.static_token_file is None
+
+    def cookie_key(self) -> bytes:
+        """32 bytes of key material for the session cookies.
+
+        An explicit ``HUBSERVE_COOKIE_SECRET`` wins; otherwise the key is derived (HMAC) from
+        the service's API token, so sessions survive a restart of the service as long as the
+        hub keeps its token; without either, a random key (sessions end with the process).
+        """
+        if self.cookie_secret is not None:
+            material = self.cookie_secret.get_secret_value().encode()
+        elif self.api_token is not None:
+            material = self.api_token.get_secret_value().encode()
+        else:
+            return secrets.token_bytes(32)
+        return hmac.new(_COOKIE_KEY_CONTEXT, material, hashlib.sha256).digest()
+
+    def load_static_tokens(self) -> StaticTokens | None:
+        """The static token table of the development mode, or ``None`` when not configured."""
+        if self.static_token_file is None:
+            return None
+        return _STATIC_TOKENS.validate_python(
+            json.loads(self.static_token_file.read_text(encoding="utf-8"))
+        )

@@ -1,0 +1,81 @@
+"""The hub service's FastAPI application.
+
+Every route lives under the service prefix (``/services/hubserve/`` by default), because the
+JupyterHub proxy forwards requests with their full path. :func:`create_app` builds the app
+from :class:`~hub_service._settings.HubServiceSettings`; the registry and deployment routes
+join it in later milestones. Now it serves:
+
+* ``GET {prefix}``: a redirect to the API docs (the hub's Services menu links here);
+* ``GET {prefix}healthz``: liveness, no authentication (the hub and ``make up`` poll it);
+* ``GET {prefix}api/me``: the caller's hub identity (name, admin flag, groups, scopes);
+* ``GET {prefix}login`` and ``{prefix}oauth_callback``: the browser login through the hub
+  (only when the service has its own hub token, i.e. not in the static-token dev mode);
+* ``{prefix}docs`` and ``{prefix}openapi.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import RedirectResponse
+from pydantic import BaseModel
+
+from model_runtime import __version__
+
+from ._settings import HubServiceSettings
+from .auth import HubAuthenticator, HubUser, LoginRequired, require_user
+from .oauth import login_required_handler, oauth_router
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+
+
+def create_app(
+    settings: HubServiceSettings, *, authenticator: HubAuthenticator | None = None
+) -> FastAPI:
+    """The service app for ``settings`` (``authenticator`` defaults to one built from them)."""
+    auth = authenticator or HubAuthenticator(settings)
+    prefix = settings.base_url.rstrip("/")
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await auth.aclose()
+
+    app = FastAPI(
+        title="hubserve",
+        version=__version__,
+        description="Model registry, deployments and prediction gateway for JupyterHub.",
+        docs_url=f"{prefix}/docs",
+        redoc_url=None,
+        openapi_url=f"{prefix}/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.authenticator = auth
+    app.add_exception_handler(LoginRequired, login_required_handler)
+
+    router = APIRouter(prefix=prefix)
+
+    @router.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        return RedirectResponse(f"{prefix}/docs", status_code=302)
+
+    @router.get("/healthz", tags=["health"])
+    async def healthz() -> Health:
+        return Health(status="ok", version=__version__)
+
+    @router.get("/api/me", tags=["auth"])
+    async def me(user: Annotated[HubUser, Depends(require_user)]) -> HubUser:
+        """The hub identity of the caller."""
+        return user
+
+    if settings.oauth_enabled:
+        router.include_router(oauth_router())
+    app.include_router(router)
+    return app
