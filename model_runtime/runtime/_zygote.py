@@ -142,7 +142,8 @@ def _serve_one(conn: socket.socket, server: socket.socket) -> None:
     _reply(conn, {"pid": pid})
 
 
-def _read_request(conn: socket.socket) -> dict[str, Any]:
+def _read_line(conn: socket.socket) -> bytes:
+    """One newline-terminated message (or whatever came before the peer closed)."""
     data = b""
     while not data.endswith(b"\n"):
         chunk = conn.recv(65536)
@@ -151,7 +152,11 @@ def _read_request(conn: socket.socket) -> dict[str, Any]:
         data += chunk
         if len(data) > _MAX_REQUEST:
             raise ValueError("launch request too large")
-    request = json.loads(data)
+    return data
+
+
+def _read_request(conn: socket.socket) -> dict[str, Any]:
+    request = json.loads(_read_line(conn))
     if not isinstance(request, dict) or not isinstance(request.get("source"), str):
         raise ValueError('a launch request is {"source": ..., "settings": {...}, ...}')
     if not isinstance(request.get("log_file"), str):
@@ -215,12 +220,7 @@ def spawn(
             conn.settimeout(timeout)
             conn.connect(str(socket_path))
             conn.sendall(json.dumps(message, default=str).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
+            data = _read_line(conn)
     except OSError as exc:
         raise ZygoteError(f"cannot reach the zygote at {socket_path}: {exc}") from None
     try:
