@@ -294,8 +294,13 @@ class GatewayTokenMiddleware:
         await response(scope, receive, send)
 
 
-def create_app(runtime: Runtime) -> FastAPI:
-    """The ASGI app serving ``runtime``; its lifespan starts and drains the runtime."""
+def create_app(runtime: Runtime) -> ASGIApp:
+    """The ASGI app serving ``runtime``; its lifespan starts and drains the runtime.
+
+    From the outside in: the gateway-token check (when a token is set), the API fast path,
+    then FastAPI for everything else. The fast path sits outside FastAPI's own middleware
+    stack, which costs about a sixth of the throughput of a small model.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -312,7 +317,6 @@ def create_app(runtime: Runtime) -> FastAPI:
         description=runtime.service.description or f"Model {runtime.ref} served by hubserve.",
         lifespan=lifespan,
     )
-    app.state.runtime = runtime
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -354,9 +358,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     for path, handler in handlers.items():
         # Reached only when the fast path did not take the request (e.g. GET -> 405).
         app.router.routes.append(Route(path, handler, methods=["POST"], name=handler.name))
-    app.add_middleware(ApiFastPath, handlers=handlers)
     install_openapi(app, runtime)
+    outer: ASGIApp = ApiFastPath(app, handlers)
     token = runtime.settings.api_token
     if token is not None and token.get_secret_value():
-        app.add_middleware(GatewayTokenMiddleware, token=token.get_secret_value())
-    return app
+        outer = GatewayTokenMiddleware(outer, token.get_secret_value())
+    return outer

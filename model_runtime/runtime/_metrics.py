@@ -94,6 +94,7 @@ class RuntimeMetrics:
         info.labels(model, version).set(1)
         self._requests: dict[tuple[str, int], Counter] = {}
         self._latency: dict[str, Histogram] = {}
+        self._batch: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
 
     def observe_request(self, api: str, status: int, seconds: float) -> None:
         key = (api, status)
@@ -109,9 +110,16 @@ class RuntimeMetrics:
     # -- the batcher's BatchStats protocol --------------------------------------------------
 
     def observe_batch(self, api: str, rows: int, requests: int, seconds: float) -> None:
-        self.model_seconds.labels(api).observe(seconds)
-        self.batch_rows.labels(api).observe(rows)
-        self.batch_requests.labels(api).observe(requests)
+        children = self._batch.get(api)
+        if children is None:
+            children = self._batch[api] = (
+                self.model_seconds.labels(api),
+                self.batch_rows.labels(api),
+                self.batch_requests.labels(api),
+            )
+        children[0].observe(seconds)
+        children[1].observe(rows)
+        children[2].observe(requests)
 
     def set_queue_depth(self, api: str, rows: int) -> None:
         self.queue_rows.labels(api).set(rows)
