@@ -57,14 +57,6 @@ class ApiEntry(BaseModel):
             raise ValueError(str(exc)) from None
         return value
 
-    @property
-    def input_spec(self) -> IOSpec:
-        return IOSpec.from_json(self.input)
-
-    @property
-    def output_spec(self) -> IOSpec:
-        return IOSpec.from_json(self.output)
-
 
 class ModelEntry(BaseModel):
     """One saved model; format-specific fields (class, init_kwargs...) ride along."""
@@ -129,12 +121,6 @@ class BundleManifest(BaseModel):
     @property
     def service_var(self) -> str:
         return self.entrypoint.partition(":")[2]
-
-    def api(self, name: str) -> ApiEntry:
-        for entry in self.apis:
-            if entry.name == name:
-                return entry
-        raise KeyError(name)
 
     def to_json_bytes(self) -> bytes:
         return (json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode()
