@@ -9,7 +9,9 @@ their own error classes with messages that never include a secret.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import urllib3
@@ -18,6 +20,7 @@ from minio.error import S3Error, ServerError
 
 #: Multipart part size: large enough for few requests, small enough to stream.
 PART_SIZE = 16 * 1024 * 1024
+_CHUNK = 1024 * 1024
 
 AUTH_CODES = frozenset(
     {
@@ -79,3 +82,32 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, (urllib3.exceptions.HTTPError, OSError, ServerError)):
         return "unreachable"
     return "other"
+
+
+class IncompleteDownload(OSError):
+    """The server ended the stream before the whole object arrived."""
+
+
+def download(
+    client: Minio,
+    bucket: str,
+    key: str,
+    dest: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Stream one object to ``dest``, checking that every byte the server announced came."""
+    response = client.get_object(bucket, key)
+    try:
+        total = int(response.headers.get("Content-Length", -1))
+        done = 0
+        with dest.open("wb") as out:
+            for chunk in response.stream(_CHUNK):
+                out.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, max(total, done))
+        if total >= 0 and done != total:
+            raise IncompleteDownload(f"the download of {key} stopped at {done}/{total} bytes")
+    finally:
+        response.close()
+        response.release_conn()

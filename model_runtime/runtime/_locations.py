@@ -59,7 +59,7 @@ from webdav4.client import Client as WebDAVClient
 from webdav4.multistatus import MultiStatusResponseError
 
 from ..errors import HubserveError
-from ..s3 import PART_SIZE, S3Credentials, classify, make_client
+from ..s3 import PART_SIZE, IncompleteDownload, S3Credentials, classify, download, make_client
 
 __all__ = [
     "Location",
@@ -340,21 +340,12 @@ class _S3Location(Location):
         return sorted(found)
 
     def fetch(self, rel: str, dest: Path) -> None:
-        response = self._call(rel, self.client.get_object, self.bucket, self.prefix + rel)
         try:
-            expected = int(response.headers.get("Content-Length", -1))
-            with dest.open("wb") as out:
-                for chunk in response.stream(_CHUNK):
-                    out.write(chunk)
-            if expected >= 0 and dest.stat().st_size != expected:
-                raise LocationUnavailableError(
-                    f"download of {rel} from {self.describe()} stopped early"
-                )
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            download(self.client, self.bucket, self.prefix + rel, dest)
+        except IncompleteDownload as exc:
+            raise LocationUnavailableError(f"{exc} from {self.describe()}") from None
+        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             raise self._error(exc, rel) from None
-        finally:
-            response.close()
-            response.release_conn()
 
     def commit(self, local_dir: Path, rel_prefix: str) -> list[str]:
         written: list[str] = []

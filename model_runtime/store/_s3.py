@@ -18,10 +18,9 @@ import urllib3
 from minio.error import MinioException, S3Error
 
 from ..errors import NotFoundError, StoreAuthError, StoreError, StoreUnavailableError
-from ..s3 import PART_SIZE, S3Credentials, classify, make_client
+from ..s3 import PART_SIZE, IncompleteDownload, S3Credentials, classify, download, make_client
 from ._objects import ObjectBackend, ObjectInfo, ProgressCallback
 
-_CHUNK = 1024 * 1024
 
 
 class _Progress:
@@ -147,25 +146,12 @@ class S3Objects(ObjectBackend):
             response.release_conn()
 
     def get_file(self, key: str, dest: Path, progress: ProgressCallback | None = None) -> None:
-        response = self._call(key, self.client.get_object, self.bucket, self._key(key))
         try:
-            total = int(response.headers.get("Content-Length", 0))
-            done = 0
-            with dest.open("wb") as out:
-                for chunk in response.stream(_CHUNK):
-                    out.write(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress(done, total)
-            if total and done != total:
-                raise StoreUnavailableError(
-                    f"download of {key} from {self.describe()} stopped at {done}/{total} bytes"
-                )
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            download(self.client, self.bucket, self._key(key), dest, progress)
+        except IncompleteDownload as exc:
+            raise StoreUnavailableError(f"{exc} from {self.describe()}") from None
+        except (S3Error, MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._error(exc, key) from None
-        finally:
-            response.close()
-            response.release_conn()
 
     def scan(self, prefix: str) -> Iterator[ObjectInfo]:
         try:
