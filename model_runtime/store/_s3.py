@@ -22,7 +22,6 @@ from ..s3 import PART_SIZE, IncompleteDownload, S3Credentials, classify, downloa
 from ._objects import ObjectBackend, ObjectInfo, ProgressCallback
 
 
-
 class _Progress:
     """Adapts minio's progress protocol (``set_meta``/``update``) to a callback."""
 
