@@ -210,16 +210,21 @@ class Store:
 
     def resolve(self, ref: ModelRef | str) -> ModelRef:
         """Turn a tag reference into a version reference (checking the version exists)."""
-        return ModelRef(*self._locate(ref))
+        record = self.stat(ref)
+        return ModelRef(record.owner, record.name, record.version)
 
     def stat(self, ref: ModelRef | str) -> StoredVersion:
         """The record of the version ``ref`` names (a version or a tag)."""
         owner, name, version = self._locate(ref)
-        record = self._read_record(_model_prefix(owner, name) + f"{version}/{RECORD_NAME}")
-        assert record is not None
+        key = _model_prefix(owner, name) + f"{version}/{RECORD_NAME}"
+        record = self._read_record(key, missing_ok=True)
+        if record is None:
+            raise NotFoundError(f"{owner}/{name}:{version} not found in {self.objects.describe()}")
         return record
 
     def _locate(self, ref: ModelRef | str) -> tuple[str, str, str]:
+        """``(owner, name, version)`` for ``ref``; whether that version exists is for the
+        caller's one read of its record to find out."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         version = ref.version
         if version is None:
@@ -234,11 +239,6 @@ class Store:
                 if not is_latest:
                     raise NotFoundError(f"{ref.owner}/{ref.name} has no tag {ref.selector!r}")
                 version = versions[0].version
-        key = _model_prefix(ref.owner, ref.name) + f"{version}/{RECORD_NAME}"
-        if not self.objects.exists(key):
-            raise NotFoundError(
-                f"{ref.owner}/{ref.name}:{version} not found in {self.objects.describe()}"
-            )
         return ref.owner, ref.name, version
 
     def download(
@@ -246,7 +246,12 @@ class Store:
     ) -> StoredVersion:
         """Fetch the archive to ``dest`` and check it against the record's sha256."""
         record = self.stat(ref)
-        dest = Path(dest)
+        self._fetch_archive(record, Path(dest), progress)
+        return record
+
+    def _fetch_archive(
+        self, record: StoredVersion, dest: Path, progress: ProgressCallback | None
+    ) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
         os.close(fd)
@@ -264,7 +269,6 @@ class Store:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return record
 
     def pull(
         self,
@@ -284,7 +288,7 @@ class Store:
         workdir = Path(tempfile.mkdtemp(prefix=f"{record.name}-", dir=downloads))
         try:
             archive = workdir / ARCHIVE_NAME
-            self.download(record.ref, archive, progress=progress)
+            self._fetch_archive(record, archive, progress)
             try:
                 extract_archive(archive, target)
             except BundleError:
