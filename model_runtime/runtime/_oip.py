@@ -14,6 +14,7 @@ of a returned dict, or ``output_<i>`` per element of a returned tuple.
 from __future__ import annotations
 
 import struct
+import time
 from typing import Any
 
 import numpy as np
@@ -302,9 +303,7 @@ def oip_router(runtime: Runtime) -> APIRouter:
     @router.post("/models/{name}/infer", summary="Inference", openapi_extra=_INFER_BODY)
     @router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        started_status = 500
-        import time
-
+        status = 500
         started = time.perf_counter()
         try:
             spec = find(name)
@@ -326,7 +325,7 @@ def oip_router(runtime: Runtime) -> APIRouter:
             try:
                 result = await runtime.call(spec, value)
             except Overloaded as exc:
-                started_status = 503
+                status = 503
                 return Response(
                     orjson.dumps({"error": f"{name} is overloaded; retry later"}),
                     status_code=503,
@@ -340,14 +339,14 @@ def oip_router(runtime: Runtime) -> APIRouter:
                     media_type="application/json",
                 )
             response = _reply(runtime, name, parsed, _outputs(result))
-            started_status = response.status_code
+            status = response.status_code
             return response
         except (OipError, _codecs.CodecError) as exc:
-            started_status = exc.status_code
+            status = exc.status_code
             return _error(exc)
         finally:
             runtime.metrics.observe_request(
-                f"v2/{name}", started_status, time.perf_counter() - started
+                f"v2/{name}", status, time.perf_counter() - started
             )
 
     return router
