@@ -345,8 +345,6 @@ def oip_router(runtime: Runtime) -> APIRouter:
             status = exc.status_code
             return _error(exc)
         finally:
-            runtime.metrics.observe_request(
-                f"v2/{name}", status, time.perf_counter() - started
-            )
+            runtime.metrics.observe_request(f"v2/{name}", status, time.perf_counter() - started)
 
     return router
