@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, TypeAdapter, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model_runtime.paths import default_home
+
 _COOKIE_KEY_CONTEXT = b"hubserve-cookie-secret-v1"
 
 
@@ -116,10 +118,21 @@ class HubServiceSettings(BaseSettings):
     session_max_age: int = Field(14 * 24 * 3600, gt=0)
     oauth_state_max_age: int = Field(600, gt=0)
     hub_timeout: float = Field(10.0, gt=0)
-    store: str = ""
-    database_url: str | None = None
+    data_dir: Path = Field(
+        default_factory=lambda: default_home() / "service",
+        description="The service's own files: database (SQLite), replica logs, bundle cache.",
+    )
+    store: str = Field("", description="Model store: a directory, file:// or s3://bucket[/prefix].")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the metadata DB (default: SQLite in data_dir)."
+    )
     backend: Literal["local", "kubernetes"] = "local"
     limits: ServiceLimits = Field(default_factory=ServiceLimits)
+    public_url: str = Field(
+        "",
+        description="Origin at which callers reach the hub (for deployment URLs in answers); "
+        "defaults to hub_host.",
+    )
 
     @field_validator("base_url", "hub_base_url")
     @classmethod
@@ -132,6 +145,16 @@ class HubServiceSettings(BaseSettings):
         return value.rstrip("/")
 
     # -- derived values -------------------------------------------------------------------
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'hubserve.sqlite'}"
+
+    def deployment_url(self, owner: str, name: str) -> str:
+        """Where callers reach a deployment (absolute when the public origin is known)."""
+        return f"{(self.public_url or self.hub_host).rstrip('/')}{self.base_url}d/{owner}/{name}/"
 
     @property
     def bind_host(self) -> str:

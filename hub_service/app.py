@@ -2,14 +2,14 @@
 
 Every route lives under the service prefix (``/services/hubserve/`` by default), because the
 JupyterHub proxy forwards requests with their full path. :func:`create_app` builds the app
-from :class:`~hub_service._settings.HubServiceSettings`; the registry and deployment routes
-join it in later milestones. Now it serves:
+from :class:`~hub_service._settings.HubServiceSettings`. It serves:
 
 * ``GET {prefix}``: a redirect to the API docs (the hub's Services menu links here);
 * ``GET {prefix}healthz``: liveness, no authentication (the hub and ``make up`` poll it);
 * ``GET {prefix}api/me``: the caller's hub identity (name, admin flag, groups, scopes);
 * ``GET {prefix}login`` and ``{prefix}oauth_callback``: the browser login through the hub
   (only when the service has its own hub token, i.e. not in the static-token dev mode);
+* ``{prefix}api/models...``: the model registry (:mod:`hub_service.registry`);
 * ``{prefix}docs`` and ``{prefix}openapi.json``.
 """
 
@@ -19,15 +19,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel
 
 from model_runtime import __version__
+from model_runtime.store import Store, StoreSettings, open_store
 
 from ._settings import HubServiceSettings
+from ._state import ServiceState
 from .auth import HubAuthenticator, HubUser, LoginRequired, require_user
+from .db import Database
 from .oauth import login_required_handler, oauth_router
+from .registry import router as registry_router
 
 
 class Health(BaseModel):
@@ -36,16 +41,29 @@ class Health(BaseModel):
 
 
 def create_app(
-    settings: HubServiceSettings, *, authenticator: HubAuthenticator | None = None
+    settings: HubServiceSettings,
+    *,
+    authenticator: HubAuthenticator | None = None,
+    store: Store | None = None,
+    database: Database | None = None,
 ) -> FastAPI:
-    """The service app for ``settings`` (``authenticator`` defaults to one built from them)."""
+    """The service app for ``settings``; the parts not given are built from the settings."""
     auth = authenticator or HubAuthenticator(settings)
+    state = ServiceState(
+        settings=settings,
+        store=store or open_store(settings.store or None, StoreSettings()),
+        db=database or Database(settings.db_url),
+    )
     prefix = settings.base_url.rstrip("/")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await auth.aclose()
+        await anyio.to_thread.run_sync(state.db.upgrade)
+        try:
+            yield
+        finally:
+            await auth.aclose()
+            state.db.dispose()
 
     app = FastAPI(
         title="hubserve",
@@ -58,6 +76,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.authenticator = auth
+    app.state.hubserve = state
     app.add_exception_handler(LoginRequired, login_required_handler)
 
     router = APIRouter(prefix=prefix)
@@ -77,5 +96,6 @@ def create_app(
 
     if settings.oauth_enabled:
         router.include_router(oauth_router())
+    router.include_router(registry_router)
     app.include_router(router)
     return app
