@@ -128,6 +128,10 @@ class HubServiceSettings(BaseSettings):
     )
     backend: Literal["local", "kubernetes"] = "local"
     limits: ServiceLimits = Field(default_factory=ServiceLimits)
+    gateway_timeout: float = Field(
+        300.0, gt=0, description="Seconds the gateway waits for a replica's answer."
+    )
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to a replica.")
     public_url: str = Field(
         "",
         description="Origin at which callers reach the hub (for deployment URLs in answers); "

@@ -10,6 +10,8 @@ from :class:`~hub_service._settings.HubServiceSettings`. It serves:
 * ``GET {prefix}login`` and ``{prefix}oauth_callback``: the browser login through the hub
   (only when the service has its own hub token, i.e. not in the static-token dev mode);
 * ``{prefix}api/models...``: the model registry (:mod:`hub_service.registry`);
+* ``{prefix}api/deployments...``: deployments (:mod:`hub_service.deployments`);
+* ``{prefix}d/<owner>/<name>/<path>``: the prediction gateway (:mod:`hub_service.gateway`);
 * ``{prefix}docs`` and ``{prefix}openapi.json``.
 """
 
@@ -30,9 +32,24 @@ from model_runtime.store import Store, StoreSettings, open_store
 from ._settings import HubServiceSettings
 from ._state import ServiceState
 from .auth import HubAuthenticator, HubUser, LoginRequired, require_user
+from .backends import Backend
+from .backends.local import LocalBackend
 from .db import Database
+from .deployments import load_deployments
+from .deployments import router as deployments_router
+from .gateway import Gateway
 from .oauth import login_required_handler, oauth_router
 from .registry import router as registry_router
+
+
+def make_backend(settings: HubServiceSettings, store: Store) -> Backend:
+    """The deploy backend ``settings.backend`` names."""
+    if settings.backend != "local":
+        raise ValueError(
+            f"the {settings.backend!r} deploy backend is not part of this hubserve version;"
+            " use 'local'"
+        )
+    return LocalBackend(store, settings.data_dir)
 
 
 class Health(BaseModel):
@@ -46,22 +63,30 @@ def create_app(
     authenticator: HubAuthenticator | None = None,
     store: Store | None = None,
     database: Database | None = None,
+    backend: Backend | None = None,
 ) -> FastAPI:
     """The service app for ``settings``; the parts not given are built from the settings."""
     auth = authenticator or HubAuthenticator(settings)
+    the_store = store or open_store(settings.store or None, StoreSettings())
     state = ServiceState(
         settings=settings,
-        store=store or open_store(settings.store or None, StoreSettings()),
+        store=the_store,
         db=database or Database(settings.db_url),
+        backend=backend or make_backend(settings, the_store),
     )
     prefix = settings.base_url.rstrip("/")
+    gateway = Gateway(state)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(state.db.upgrade)
+        await state.backend.start(await load_deployments(state))
+        await gateway.start()
         try:
             yield
         finally:
+            await gateway.aclose()
+            await state.backend.aclose()
             await auth.aclose()
             state.db.dispose()
 
@@ -97,5 +122,7 @@ def create_app(
     if settings.oauth_enabled:
         router.include_router(oauth_router())
     router.include_router(registry_router)
+    router.include_router(deployments_router)
+    router.include_router(gateway.router)
     app.include_router(router)
     return app

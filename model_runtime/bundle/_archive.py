@@ -286,5 +286,19 @@ def directory_digests(directory: Path) -> dict[str, str]:
 
 
 def verify_directory(directory: Path, manifest: BundleManifest) -> None:
-    """Check an unpacked bundle against its manifest (tampering, partial copies)."""
-    _check_files(manifest, directory_digests(directory), str(directory))
+    """Check an unpacked bundle against its manifest (tampering, partial copies).
+
+    Bytecode caches that Python wrote when an earlier process imported the bundle's modules
+    (``__pycache__/*.pyc``, not in the manifest) are not the bundle's content: ignored.
+    """
+    digests = {
+        rel: digest
+        for rel, digest in directory_digests(directory).items()
+        if rel in manifest.files or not _is_bytecode_cache(rel)
+    }
+    _check_files(manifest, digests, str(directory))
+
+
+def _is_bytecode_cache(rel: str) -> bool:
+    parts = rel.split("/")
+    return len(parts) >= 2 and parts[-2] == "__pycache__" and parts[-1].endswith(".pyc")

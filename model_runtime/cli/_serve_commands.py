@@ -111,7 +111,12 @@ def register_serve_commands(cli: click.Group) -> None:
         type=click.Path(dir_okay=False, path_type=Path),
         help="Unix socket to listen on for launch requests (created mode 0600).",
     )
-    def zygote(socket_path: Path) -> None:
+    @click.option(
+        "--exit-with-parent",
+        is_flag=True,
+        help="Stop when the process that started the zygote exits (for supervisors).",
+    )
+    def zygote(socket_path: Path, exit_with_parent: bool) -> None:
         """Run a pre-warmed runtime launcher: replicas start by fork, without import costs."""
         import os
 
@@ -119,7 +124,7 @@ def register_serve_commands(cli: click.Group) -> None:
         os.environ["OPENBLAS_NUM_THREADS"] = "1"
         from ..runtime._zygote import run_zygote
 
-        run_zygote(socket_path)
+        run_zygote(socket_path, exit_with_parent=exit_with_parent)
 
     @cli.command()
     @click.argument("url")

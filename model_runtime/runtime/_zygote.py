@@ -82,8 +82,13 @@ def _os_threads() -> int:
         return threading.active_count()
 
 
-def run_zygote(socket_path: Path) -> None:
-    """Serve launch requests on ``socket_path`` until SIGTERM/SIGINT."""
+def run_zygote(socket_path: Path, *, exit_with_parent: bool = False) -> None:
+    """Serve launch requests on ``socket_path`` until SIGTERM/SIGINT.
+
+    With ``exit_with_parent``, also stop when the process that started the zygote is gone
+    (checked every second), so a supervisor that is killed leaves no launcher behind.
+    """
+    parent = os.getppid()
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # in case numpy is not imported yet
     loaded = preload()
     gc.collect()
@@ -103,6 +108,8 @@ def run_zygote(socket_path: Path) -> None:
     finally:
         os.umask(old_umask)
     server.listen(64)
+    if exit_with_parent:
+        server.settimeout(1.0)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps children for us
     stopping = False
 
@@ -118,8 +125,13 @@ def run_zygote(socket_path: Path) -> None:
         while not stopping:
             try:
                 conn, _ = server.accept()
+            except TimeoutError:
+                if os.getppid() != parent:
+                    break
+                continue
             except OSError:
                 break  # closed by stop()
+            conn.settimeout(None)
             with conn:
                 _serve_one(conn, server)
     finally:

@@ -53,9 +53,7 @@ def upgrade() -> None:
         sa.Column("created_by", sa.String(128), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
-    op.create_index(
-        "ix_deployments_model", "deployments", ["model_owner", "model_name", "version"]
-    )
+    op.create_index("ix_deployments_model", "deployments", ["model_owner", "model_name", "version"])
 
 
 def downgrade() -> None:

@@ -1,0 +1,129 @@
+"""Deploy backends: where the replicas of a deployment run.
+
+The service decides *what* should run — a :class:`DeploymentSpec`: this bundle version, this
+many replicas, these runtime settings — and a backend makes it so and keeps it so. Backends
+are declarative: :meth:`Backend.apply` hands over the whole desired state of a deployment,
+whatever changed (a new version, another replica count), and the backend converges to it in
+the background, rolling: replicas of a new generation become ready before the old ones are
+drained and stopped, so callers see no failed request during a roll.
+
+The gateway asks the backend for a replica to send each call to (:meth:`Backend.choose`);
+the backend answers with a ready replica that has the fewest requests in flight.
+
+Backends: :class:`~hub_service.backends.local.LocalBackend` (supervised processes on this
+machine, the embedded default).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from model_runtime.naming import ModelRef
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """What should run for one deployment; ``generation`` changes with what replicas run."""
+
+    owner: str
+    name: str
+    model: ModelRef
+    generation: int
+    replicas: int
+    secret: str
+    threads: int | None = None
+    batching: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+
+class ReplicaState(str, Enum):
+    STARTING = "starting"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
+    CRASHED = "crashed"
+    STOPPING = "stopping"
+
+
+class ReplicaStatus(BaseModel):
+    id: str
+    version: str
+    generation: int
+    state: ReplicaState
+    restarts: int = Field(description="How often the backend restarted this replica.")
+    started_at: datetime
+    ready_at: datetime | None = None
+    in_flight: int = Field(0, description="Requests the gateway has open on it.")
+    last_error: str | None = None
+
+
+class DeploymentStatus(BaseModel):
+    desired: int
+    ready: int
+    updated: int = Field(description="Ready replicas of the newest generation.")
+    phase: str = Field(description="ready | progressing | degraded | failed | stopped")
+    message: str | None = None
+    replicas: list[ReplicaStatus] = Field(default_factory=list)
+
+
+class Endpoint(ABC):
+    """A ready replica the gateway may call; counts the requests it has in flight."""
+
+    in_flight: int
+
+    @property
+    @abstractmethod
+    def address(self) -> str:
+        """Base URL of the replica (``http://host:port``)."""
+
+    def acquire(self) -> None:
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+
+class LogChunk(BaseModel):
+    replica: str
+    lines: list[str]
+
+
+class Backend(ABC):
+    """Runs deployments; see the module docstring for the contract."""
+
+    @abstractmethod
+    async def start(self, specs: list[DeploymentSpec]) -> None:
+        """Take over after a (re)start of the service: converge to ``specs``, adopting what
+        still runs of them and stopping what belongs to no deployment any more."""
+
+    @abstractmethod
+    async def apply(self, spec: DeploymentSpec) -> None:
+        """Make ``spec`` the desired state of its deployment (create or update)."""
+
+    @abstractmethod
+    async def remove(self, owner: str, name: str) -> None:
+        """Stop and forget every replica of a deployment (returns when they are gone)."""
+
+    @abstractmethod
+    def status(self, owner: str, name: str) -> DeploymentStatus:
+        """The deployment as the backend sees it now."""
+
+    @abstractmethod
+    def choose(self, owner: str, name: str) -> Endpoint | None:
+        """A ready replica with the fewest requests in flight, or ``None``."""
+
+    @abstractmethod
+    async def logs(self, owner: str, name: str, tail: int) -> list[LogChunk]:
+        """The last ``tail`` lines of each replica's output."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop supervising (and stop the replicas, for backends that own processes)."""

@@ -1,0 +1,717 @@
+"""The local backend: every replica is a supervised runtime process on this machine.
+
+How a deployment runs here:
+
+* **Bundles** are fetched once per version by the service (``Store.pull`` into
+  ``<data_dir>/local/cache``: verified, unpacked), and replicas serve the unpacked directory,
+  so N replicas cost one download and runtimes need no store credentials.
+* **Launching.** Replicas are forked from a *zygote* (``hubserve zygote``, see
+  :mod:`model_runtime.runtime._zygote`) that has torch, FastAPI and the runtime imported
+  already, so a replica is ready a few hundred milliseconds after the launch plus the time
+  its model takes to load. If the zygote cannot run, replicas start as ``hubserve serve``
+  processes (a second or two slower). Either way a replica listens on a free loopback port,
+  in its own session, with its output in ``<data_dir>/local/logs/<owner>/<name>/<id>.log``,
+  and its environment holds nothing of the service's (no hub token, no store keys): only the
+  basics (``PATH``, ``HOME``, locale) and its settings. Runtimes require the deployment's
+  secret (``x-hubserve-token``), which only the gateway sends.
+* **Supervision.** One task per deployment probes each replica's ``/readyz`` every
+  ``health_interval`` seconds. A replica that exits is restarted in place with exponential
+  backoff (1 s, 2 s, 4 s ... up to ``max_backoff``; the count resets after a minute of
+  health); one that stops answering is taken out of rotation, and killed and restarted if it
+  does not recover; one that never gets ready within ``start_timeout`` is restarted too.
+* **Rolling.** When the spec's generation changes (new version, other resources), replicas of
+  the new generation start first; each time one of them is ready, one old replica is drained
+  (out of rotation, in-flight requests finish, up to ``drain_timeout``) and then stopped with
+  SIGTERM (SIGKILL after ``stop_timeout``). Scaling uses the same machinery.
+* **Restarts of the service.** Each replica has a state file in ``<data_dir>/local/replicas``
+  (pid, port, generation). When the service comes back after a crash, it adopts replicas that
+  are alive and answer with their deployment's secret, and stops those of deployments that
+  are gone. A graceful stop of the service stops its replicas (and the zygote, which also
+  exits by itself when the service dies).
+
+The local backend isolates nothing: replicas run as the service's OS user. It is meant for one
+machine and trusted users; use the Kubernetes backend for multi-tenant clusters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import httpx
+
+from model_runtime.errors import HubserveError
+from model_runtime.naming import ModelRef
+from model_runtime.runtime._zygote import ZygoteError, spawn
+from model_runtime.store import Store
+
+from . import (
+    Backend,
+    DeploymentSpec,
+    DeploymentStatus,
+    Endpoint,
+    LogChunk,
+    ReplicaState,
+    ReplicaStatus,
+)
+
+log = logging.getLogger("hubserve.local")
+
+#: The only variables of the service's environment that replicas (and the zygote) inherit.
+INHERITED_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "SSL_CERT_FILE",
+    "CUDA_VISIBLE_DEVICES",
+)
+_MAX_SOCKET_PATH = 100
+
+
+def runtime_environment() -> dict[str, str]:
+    """The environment replicas start with: the basics, nothing secret."""
+    return {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class LocalBackendSettings:
+    health_interval: float = 1.0
+    probe_timeout: float = 5.0
+    start_timeout: float = 300.0
+    drain_timeout: float = 30.0
+    stop_timeout: float = 15.0
+    max_backoff: float = 60.0
+    #: Consecutive failed probes before a ready replica leaves the rotation ...
+    unhealthy_after: int = 3
+    #: ... and before an unhealthy replica is killed and restarted.
+    restart_unhealthy_after: int = 30
+    use_zygote: bool = True
+
+
+class _Process:
+    """A replica's process: our child (``hubserve serve``) or not (forked by the zygote,
+    or adopted after a restart of the service) — watched by pid either way."""
+
+    def __init__(self, pid: int, popen: subprocess.Popen[bytes] | None = None) -> None:
+        self.pid = pid
+        self.popen = popen
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return True  # no procfs: trust kill(0)
+        return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+    def exit_code(self) -> int | None:
+        return self.popen.returncode if self.popen is not None else None
+
+    def signal(self, signum: int) -> None:
+        """Signal the replica's process group (it leads its own session), else the process."""
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signum)
+
+    def looks_like_runtime(self) -> bool:
+        try:
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return b"model_runtime" in cmdline or b"hubserve" in cmdline
+
+
+@dataclass(eq=False)
+class _Replica(Endpoint):
+    id: str
+    generation: int
+    version: str
+    log_file: Path
+    port: int = 0
+    process: _Process | None = None
+    state: ReplicaState = ReplicaState.STARTING
+    restarts: int = 0
+    failures: int = 0
+    probe_failures: int = 0
+    started_at: datetime = field(default_factory=_utcnow)
+    launched: float = field(default_factory=time.monotonic)
+    ready_at: datetime | None = None
+    restart_at: float = 0.0
+    last_error: str | None = None
+    in_flight: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def status(self) -> ReplicaStatus:
+        return ReplicaStatus(
+            id=self.id,
+            version=self.version,
+            generation=self.generation,
+            state=self.state,
+            restarts=self.restarts,
+            started_at=self.started_at,
+            ready_at=self.ready_at,
+            in_flight=self.in_flight,
+            last_error=self.last_error,
+        )
+
+
+@dataclass(eq=False)
+class _Deployment:
+    spec: DeploymentSpec
+    replicas: dict[str, _Replica] = field(default_factory=dict)
+    bundles: dict[str, Path] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    stopping: set[asyncio.Task[None]] = field(default_factory=set)
+    message: str | None = None
+    pull_failures: int = 0
+    pull_retry_at: float = 0.0
+    turn: int = 0
+
+
+class _Zygote:
+    """The launcher process, started on first use; ``None`` from :meth:`ensure` = unusable."""
+
+    def __init__(self, directory: Path, log_file: Path) -> None:
+        path = directory / "zygote.sock"
+        if len(str(path)) > _MAX_SOCKET_PATH:  # AF_UNIX paths are short
+            path = Path(tempfile.mkdtemp(prefix="hubserve-")) / "zygote.sock"
+        self.socket_path = path
+        self.log_file = log_file
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.failed = False
+        self._lock = asyncio.Lock()
+
+    async def ensure(self) -> Path | None:
+        async with self._lock:
+            if self.failed:
+                return None
+            if self.proc is not None and self.proc.poll() is None and self.socket_path.exists():
+                return self.socket_path
+            self._start()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    break
+                if self.socket_path.exists():
+                    return self.socket_path
+                await asyncio.sleep(0.05)
+            log.warning(
+                "the zygote did not start (see %s); launching replicas directly", self.log_file
+            )
+            self.failed = True
+            self.stop()
+            return None
+
+    def _start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "model_runtime.cli",
+                    "zygote",
+                    "--socket",
+                    str(self.socket_path),
+                    "--exit-with-parent",
+                ],
+                env=runtime_environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class LocalBackend(Backend):
+    """Supervised runtime processes on this machine (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        data_dir: Path,
+        settings: LocalBackendSettings | None = None,
+    ) -> None:
+        self.store = store
+        self.root = data_dir / "local"
+        self.settings = settings or LocalBackendSettings()
+        self._state_dir = self.root / "replicas"
+        self._logs = self.root / "logs"
+        self._cache = self.root / "cache"
+        self._deployments: dict[str, _Deployment] = {}
+        self._zygote = _Zygote(self.root, self._logs / "zygote.log")
+        self._probe = httpx.AsyncClient(timeout=self.settings.probe_timeout)
+        for directory in (self._state_dir, self._logs, self._cache):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # -- the Backend API -------------------------------------------------------------------
+
+    async def start(self, specs: list[DeploymentSpec]) -> None:
+        wanted = {spec.key: spec for spec in specs}
+        adopted: dict[str, list[_Replica]] = {}
+        for path in sorted(self._state_dir.glob("*.json")):
+            replica, key = await self._adopt(path, wanted)
+            if replica is not None:
+                adopted.setdefault(key, []).append(replica)
+        for spec in specs:
+            deployment = _Deployment(spec)
+            for replica in adopted.get(spec.key, []):
+                deployment.replicas[replica.id] = replica
+            self._deployments[spec.key] = deployment
+            deployment.task = asyncio.create_task(self._supervise(deployment))
+
+    async def apply(self, spec: DeploymentSpec) -> None:
+        deployment = self._deployments.get(spec.key)
+        if deployment is None:
+            deployment = _Deployment(spec)
+            self._deployments[spec.key] = deployment
+            deployment.task = asyncio.create_task(self._supervise(deployment))
+        else:
+            deployment.spec = spec
+        deployment.wake.set()
+
+    async def remove(self, owner: str, name: str) -> None:
+        deployment = self._deployments.pop(f"{owner}/{name}", None)
+        if deployment is None:
+            return
+        await self._shutdown(deployment)
+        await anyio.to_thread.run_sync(_remove_tree, self._logs / owner / name)
+
+    def status(self, owner: str, name: str) -> DeploymentStatus:
+        deployment = self._deployments.get(f"{owner}/{name}")
+        if deployment is None:
+            return DeploymentStatus(desired=0, ready=0, updated=0, phase="stopped")
+        spec = deployment.spec
+        replicas = sorted(deployment.replicas.values(), key=lambda r: r.started_at)
+        ready = [r for r in replicas if r.state is ReplicaState.READY]
+        updated = sum(r.generation == spec.generation for r in ready)
+        crashed = any(r.state is ReplicaState.CRASHED for r in replicas)
+        if updated >= spec.replicas and len(ready) == updated and len(replicas) == updated:
+            phase = "ready"
+        elif not ready and (crashed or deployment.message):
+            phase = "failed"
+        elif crashed or (deployment.message and not updated):
+            phase = "degraded"
+        else:
+            phase = "progressing"
+        message = deployment.message
+        if message is None and crashed:
+            errors = [r.last_error for r in replicas if r.last_error]
+            message = errors[-1] if errors else None
+        return DeploymentStatus(
+            desired=spec.replicas,
+            ready=len(ready),
+            updated=updated,
+            phase=phase,
+            message=message,
+            replicas=[r.status() for r in replicas],
+        )
+
+    def choose(self, owner: str, name: str) -> Endpoint | None:
+        deployment = self._deployments.get(f"{owner}/{name}")
+        if deployment is None:
+            return None
+        ready = [r for r in deployment.replicas.values() if r.state is ReplicaState.READY]
+        if not ready:
+            return None
+        # Least outstanding requests; ties go round-robin, so idle replicas share the load.
+        deployment.turn += 1
+        start = deployment.turn % len(ready)
+        rotated = ready[start:] + ready[:start]
+        return min(rotated, key=lambda r: r.in_flight)
+
+    async def logs(self, owner: str, name: str, tail: int) -> list[LogChunk]:
+        deployment = self._deployments.get(f"{owner}/{name}")
+        if deployment is None:
+            return []
+        replicas = sorted(deployment.replicas.values(), key=lambda r: r.started_at)
+        return [
+            LogChunk(replica=r.id, lines=await anyio.to_thread.run_sync(_tail, r.log_file, tail))
+            for r in replicas
+        ]
+
+    async def aclose(self) -> None:
+        deployments = list(self._deployments.values())
+        self._deployments.clear()
+        await asyncio.gather(*(self._shutdown(d) for d in deployments))
+        await anyio.to_thread.run_sync(self._zygote.stop)
+        await self._probe.aclose()
+
+    # -- supervision ------------------------------------------------------------------------
+
+    async def _supervise(self, deployment: _Deployment) -> None:
+        while True:
+            deployment.wake.clear()
+            try:
+                await self._converge(deployment)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep supervising whatever one round hit
+                log.exception("supervising %s failed", deployment.spec.key)
+                deployment.message = f"supervisor error: {exc}"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(deployment.wake.wait(), self.settings.health_interval)
+
+    async def _converge(self, deployment: _Deployment) -> None:
+        spec = deployment.spec
+        if not await self._fetch_bundle(deployment):
+            return
+        active = [r for r in deployment.replicas.values() if r.state is not ReplicaState.STOPPING]
+        await asyncio.gather(*(self._check(deployment, r) for r in active))
+        now = time.monotonic()
+        for replica in active:
+            if replica.state is ReplicaState.CRASHED:
+                if replica.generation != spec.generation:
+                    self._forget(deployment, replica)
+                elif now >= replica.restart_at:
+                    replica.restarts += 1
+                    await self._launch(deployment, replica)
+        active = [r for r in deployment.replicas.values() if r.state is not ReplicaState.STOPPING]
+        current = [r for r in active if r.generation == spec.generation]
+        old = [r for r in active if r.generation != spec.generation]
+        for _ in range(spec.replicas - len(current)):
+            replica = self._new_replica(deployment)
+            current.append(replica)
+            await self._launch(deployment, replica)
+        if len(current) > spec.replicas:  # scale down: the least useful go first
+            current.sort(key=lambda r: (r.state is ReplicaState.READY, -r.launched))
+            for replica in current[: len(current) - spec.replicas]:
+                self._stop_later(deployment, replica)
+            current = current[len(current) - spec.replicas :]
+        ready_new = sum(r.state is ReplicaState.READY for r in current)
+        keep_old = max(0, spec.replicas - ready_new)
+        old.sort(key=lambda r: r.state is not ReplicaState.READY)
+        for replica in old[keep_old:]:
+            self._stop_later(deployment, replica)
+
+    async def _fetch_bundle(self, deployment: _Deployment) -> bool:
+        version = deployment.spec.model.version
+        assert version is not None
+        if version in deployment.bundles:
+            return True
+        if time.monotonic() < deployment.pull_retry_at:
+            return False
+        ref = deployment.spec.model
+        try:
+            pulled = await anyio.to_thread.run_sync(self._pull, ref)
+        except (HubserveError, OSError) as exc:
+            deployment.pull_failures += 1
+            delay = self._backoff(deployment.pull_failures)
+            deployment.pull_retry_at = time.monotonic() + delay
+            deployment.message = f"cannot fetch {ref} from the store: {exc}"
+            log.warning("%s (retrying in %.0f s)", deployment.message, delay)
+            return False
+        deployment.bundles[version] = pulled
+        deployment.message = None
+        deployment.pull_failures = 0
+        return True
+
+    def _pull(self, ref: ModelRef) -> Path:
+        return self.store.pull(ref, cache_dir=self._cache).path
+
+    async def _check(self, deployment: _Deployment, replica: _Replica) -> None:
+        process = replica.process
+        if replica.state is ReplicaState.CRASHED or process is None:
+            return
+        if not process.alive():
+            code = process.exit_code()
+            reason = "exited" + (f" with status {code}" if code is not None else "")
+            self._crashed(deployment, replica, reason)
+            return
+        try:
+            response = await self._probe.get(replica.address + "/readyz")
+            healthy = response.status_code == 200
+        except httpx.HTTPError:
+            healthy = False
+        if healthy:
+            if replica.state is not ReplicaState.READY:
+                replica.state = ReplicaState.READY
+                replica.ready_at = _utcnow()
+                replica.last_error = None
+                self._save(deployment, replica)
+                deployment.wake.set()  # a new ready replica may let an old one go
+            elif replica.ready_at and _utcnow() - replica.ready_at > timedelta(minutes=1):
+                replica.failures = 0
+            replica.probe_failures = 0
+            return
+        if replica.state is ReplicaState.STARTING:
+            if time.monotonic() - replica.launched > self.settings.start_timeout:
+                process.signal(signal.SIGKILL)
+                timeout = self.settings.start_timeout
+                self._crashed(deployment, replica, f"not ready after {timeout:.0f} s")
+            return
+        replica.probe_failures += 1
+        if replica.probe_failures >= self.settings.restart_unhealthy_after:
+            process.signal(signal.SIGKILL)
+            self._crashed(deployment, replica, "stopped answering health checks")
+        elif replica.probe_failures >= self.settings.unhealthy_after:
+            replica.state = ReplicaState.UNHEALTHY
+            replica.last_error = "failing health checks"
+
+    def _crashed(self, deployment: _Deployment, replica: _Replica, reason: str) -> None:
+        replica.state = ReplicaState.CRASHED
+        replica.failures += 1
+        delay = self._backoff(replica.failures)
+        replica.restart_at = time.monotonic() + delay
+        replica.last_error = reason
+        log.warning(
+            "replica %s of %s %s; restarting in %.0f s",
+            replica.id,
+            deployment.spec.key,
+            reason,
+            delay,
+        )
+
+    def _backoff(self, failures: int) -> float:
+        return float(min(self.settings.max_backoff, 2 ** max(0, failures - 1)))
+
+    def _new_replica(self, deployment: _Deployment) -> _Replica:
+        spec = deployment.spec
+        replica_id = os.urandom(4).hex()
+        replica = _Replica(
+            id=replica_id,
+            generation=spec.generation,
+            version=spec.model.version or "",
+            log_file=self._logs / spec.owner / spec.name / f"{replica_id}.log",
+        )
+        deployment.replicas[replica_id] = replica
+        return replica
+
+    async def _launch(self, deployment: _Deployment, replica: _Replica) -> None:
+        spec = deployment.spec
+        bundle = deployment.bundles[replica.version]
+        replica.port = _free_port()
+        replica.state = ReplicaState.STARTING
+        replica.launched = time.monotonic()
+        replica.started_at = _utcnow()
+        replica.ready_at = None
+        replica.probe_failures = 0
+        replica.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with replica.log_file.open("a", encoding="utf-8") as out:
+            out.write(
+                f"--- {replica.started_at:%Y-%m-%d %H:%M:%S}Z start #{replica.restarts}"
+                f" of {spec.key} ({spec.model}) on port {replica.port}\n"
+            )
+        settings: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": replica.port,
+            "api_token": spec.secret,
+            "batching": spec.batching,
+            "cache_dir": str(self._cache),
+        }
+        if spec.threads is not None:
+            settings["threads"] = spec.threads
+        try:
+            replica.process = await self._start_process(str(bundle), settings, replica.log_file)
+        except (ZygoteError, OSError) as exc:
+            self._crashed(deployment, replica, f"could not be launched: {exc}")
+            return
+        self._save(deployment, replica)
+
+    async def _start_process(
+        self, source: str, settings: dict[str, Any], log_file: Path
+    ) -> _Process:
+        socket_path = await self._zygote.ensure() if self.settings.use_zygote else None
+        if socket_path is not None:
+            pid = await anyio.to_thread.run_sync(
+                lambda: spawn(socket_path, source, log_file=log_file, settings=settings)
+            )
+            return _Process(pid)
+        env = runtime_environment()
+        env["HUBSERVE_RUNTIME_API_TOKEN"] = settings["api_token"]
+        env["HUBSERVE_RUNTIME_BATCHING"] = json.dumps(settings["batching"])
+        env["HUBSERVE_RUNTIME_CACHE_DIR"] = settings["cache_dir"]
+        command = [sys.executable, "-m", "model_runtime.cli", "serve", source]
+        command += ["--host", settings["host"], "--port", str(settings["port"])]
+        if "threads" in settings:
+            command += ["--threads", str(settings["threads"])]
+        with log_file.open("ab") as out:
+            popen = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return _Process(popen.pid, popen)
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    def _stop_later(self, deployment: _Deployment, replica: _Replica) -> None:
+        replica.state = ReplicaState.STOPPING
+        task = asyncio.create_task(self._stop(deployment, replica))
+        deployment.stopping.add(task)
+        task.add_done_callback(deployment.stopping.discard)
+
+    async def _stop(self, deployment: _Deployment, replica: _Replica) -> None:
+        """Drain (no new requests, wait for the open ones), then stop the process."""
+        replica.state = ReplicaState.STOPPING
+        deadline = time.monotonic() + self.settings.drain_timeout
+        while replica.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if replica.process is not None:
+            await self._terminate(replica.process)
+        self._forget(deployment, replica)
+
+    async def _terminate(self, process: _Process) -> None:
+        process.signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.stop_timeout
+        while process.alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if process.alive():
+            process.signal(signal.SIGKILL)
+
+    def _forget(self, deployment: _Deployment, replica: _Replica) -> None:
+        deployment.replicas.pop(replica.id, None)
+        (self._state_dir / f"{replica.id}.json").unlink(missing_ok=True)
+
+    async def _shutdown(self, deployment: _Deployment) -> None:
+        if deployment.task is not None:
+            deployment.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await deployment.task
+        for replica in list(deployment.replicas.values()):
+            if replica.state is not ReplicaState.STOPPING:
+                self._stop_later(deployment, replica)
+        if deployment.stopping:
+            await asyncio.gather(*list(deployment.stopping), return_exceptions=True)
+
+    # -- state files and adoption -----------------------------------------------------------
+
+    def _save(self, deployment: _Deployment, replica: _Replica) -> None:
+        if replica.process is None:
+            return
+        record = {
+            "deployment": deployment.spec.key,
+            "id": replica.id,
+            "generation": replica.generation,
+            "version": replica.version,
+            "port": replica.port,
+            "pid": replica.process.pid,
+            "restarts": replica.restarts,
+            "started_at": replica.started_at.isoformat(),
+        }
+        path = self._state_dir / f"{replica.id}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        tmp.replace(path)
+
+    async def _adopt(
+        self, path: Path, wanted: dict[str, DeploymentSpec]
+    ) -> tuple[_Replica | None, str]:
+        """The replica a state file describes, if it still runs for a wanted deployment."""
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            key, pid, port = str(record["deployment"]), int(record["pid"]), int(record["port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)
+            return None, ""
+        process = _Process(pid)
+        spec = wanted.get(key)
+        if spec is not None and process.alive():
+            replica = _Replica(
+                id=str(record["id"]),
+                generation=int(record["generation"]),
+                version=str(record["version"]),
+                log_file=self._logs / spec.owner / spec.name / f"{record['id']}.log",
+                port=port,
+                process=process,
+                restarts=int(record.get("restarts", 0)),
+                started_at=datetime.fromisoformat(record["started_at"]),
+            )
+            if await self._answers_with_secret(replica, spec.secret):
+                replica.state = ReplicaState.READY
+                replica.ready_at = _utcnow()
+                log.info("adopted replica %s of %s (pid %d)", replica.id, key, pid)
+                return replica, key
+        if process.alive() and process.looks_like_runtime():
+            log.info("stopping leftover replica pid %d of %s", pid, key)
+            await self._terminate(process)
+        path.unlink(missing_ok=True)
+        return None, key
+
+    async def _answers_with_secret(self, replica: _Replica, secret: str) -> bool:
+        try:
+            response = await self._probe.get(
+                replica.address + "/v2", headers={"x-hubserve-token": secret}
+            )
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of a log file (reading at most the last 1 MiB)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 1024 * 1024))
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    text = data.decode("utf-8", errors="replace").splitlines()
+    return text[-lines:] if lines > 0 else []
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
