@@ -97,6 +97,7 @@ def _current(section: Config, key: str, initial: Any) -> Any:
 def _service_environment(
     store: str | os.PathLike[str] | StoreSettings | None,
     database_url: str | None,
+    data_dir: str | os.PathLike[str] | None,
     backend: str,
     limits: Mapping[str, int] | ServiceLimits | None,
     extra_env: Mapping[str, str] | None,
@@ -115,6 +116,8 @@ def _service_environment(
         env["HUBSERVE_STORE"] = os.fspath(store)
     if database_url:
         env["HUBSERVE_DATABASE_URL"] = database_url
+    if data_dir is not None:
+        env["HUBSERVE_DATA_DIR"] = os.fspath(data_dir)
     if limits is not None:
         checked = limits if isinstance(limits, ServiceLimits) else ServiceLimits(**limits)
         env["HUBSERVE_LIMITS"] = checked.model_dump_json()
@@ -131,6 +134,7 @@ def configure_jupyterhub(
     public_url: str | None = None,
     store: str | os.PathLike[str] | StoreSettings | None = None,
     database_url: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     backend: Literal["local", "kubernetes"] = "local",
     limits: Mapping[str, int] | ServiceLimits | None = None,
     service_scopes: Sequence[str] = (),
@@ -141,6 +145,8 @@ def configure_jupyterhub(
     ``store`` is a local directory, ``s3://bucket[/prefix]`` or a
     :class:`~model_runtime.store.StoreSettings` with the S3 endpoint and keys;
     ``database_url`` a SQLAlchemy URL (default: SQLite in the service's data directory);
+    ``data_dir`` the service's own files (database, replica logs and state, bundle cache;
+    default ``$HUBSERVE_HOME/service``);
     ``limits`` the fields of :class:`~hub_service._settings.ServiceLimits`; ``public_url``
     the hub's public URL, if single-user servers should reach hubserve through it.
     """
@@ -154,7 +160,9 @@ def configure_jupyterhub(
         "name": name,
         "url": f"http://{host}:{port}",
         "command": [sys.executable, "-m", "hub_service"],
-        "environment": _service_environment(store, database_url, backend, limits, extra_env),
+        "environment": _service_environment(
+            store, database_url, data_dir, backend, limits, extra_env
+        ),
         "oauth_no_confirm": True,
     }
     services = [s for s in _current(hub, "services", []) or [] if s.get("name") != name]
