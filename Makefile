@@ -16,9 +16,6 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-up: $(STAMP)
-	$(PY) dev/up.py
-
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -36,6 +33,10 @@ CHP := .hubserve/node/node_modules/.bin/configurable-http-proxy
 
 $(CHP):
 	npm install --prefix .hubserve/node --no-audit --no-fund configurable-http-proxy
+
+# The whole stack on this machine (dev/up.py): JupyterHub + proxy, hubserve, S3. Ctrl-C stops it.
+up: $(STAMP) $(CHP)
+	$(PY) dev/up.py
 
 test-hub: $(STAMP) $(CHP)
 	$(PY) -m pytest tests/hub_service -p no:cacheprovider

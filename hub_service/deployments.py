@@ -171,7 +171,12 @@ async def _manifest(state: ServiceState, ref: ModelRef) -> BundleManifest:
 
 
 async def info_of(state: ServiceState, row: Deployment) -> DeploymentInfo:
-    manifest = await _manifest(state, ModelRef(row.model_owner, row.model_name, row.version))
+    try:
+        manifest: BundleManifest | None = await _manifest(
+            state, ModelRef(row.model_owner, row.model_name, row.version)
+        )
+    except HTTPException:  # the store is down or lost the version: the status says so
+        manifest = None
     return DeploymentInfo(
         owner=row.owner,
         name=row.name,
@@ -187,7 +192,7 @@ async def info_of(state: ServiceState, row: Deployment) -> DeploymentInfo:
         created_by=row.created_by,
         created_at=row.created_at,
         updated_at=row.updated_at,
-        apis=_apis(manifest),
+        apis=_apis(manifest) if manifest is not None else [],
         revisions=[
             RevisionInfo(
                 number=r.number,

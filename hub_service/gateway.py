@@ -89,10 +89,17 @@ class Gateway:
         self.state = state
         self.router = APIRouter(tags=["gateway"])
         self._client: httpx.AsyncClient | None = None
-        for path in ("/d/{owner}/{name}/{path:path}", "/d/{owner}/{name}"):
+        for method in METHODS:  # one documented operation per method
             self.router.add_api_route(
-                path, self.forward, methods=METHODS, include_in_schema=path.endswith("path}")
+                "/d/{owner}/{name}/{path:path}",
+                self.forward,
+                methods=[method],
+                operation_id=f"gateway_{method.lower()}",
+                summary=f"{method} a deployment's route",
             )
+        self.router.add_api_route(
+            "/d/{owner}/{name}", self.forward, methods=METHODS, include_in_schema=False
+        )
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient(

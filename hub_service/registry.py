@@ -440,7 +440,7 @@ async def upload_model(
     ] = None,
 ) -> VersionRecord:
     """Upload a bundle archive; it becomes the model's newest version (``latest``)."""
-    target = owner_for(user, owner)
+    target = _checked(check_owner, owner_for(user, owner))
     tags = [_user_tag(t) for t in tag or []]
     limit = state.settings.limits.max_upload_bytes
     scratch = await anyio.to_thread.run_sync(_scratch_dir, state.settings.data_dir / "uploads")
@@ -458,7 +458,9 @@ async def upload_model(
         await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
     if record.pushed_at < started:
         response.status_code = 200
-    log.info("%s uploaded %s (%d bytes)", user.name, record.ref, record.archive_size)
+        log.info("%s uploaded %s again (stored already)", user.name, record.ref)
+    else:
+        log.info("%s uploaded %s (%d bytes)", user.name, record.ref, record.archive_size)
     response.headers["Location"] = request.url_for(
         "get_version", owner=record.owner, name=record.name, version=record.version
     ).path

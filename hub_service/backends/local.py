@@ -343,7 +343,11 @@ class LocalBackend(Backend):
         replicas = sorted(deployment.replicas.values(), key=lambda r: r.started_at)
         ready = [r for r in replicas if r.state is ReplicaState.READY]
         updated = sum(r.generation == spec.generation for r in ready)
-        crashed = any(r.state is ReplicaState.CRASHED for r in replicas)
+        # crashed, or restarted after a crash and not ready since: a crash loop
+        crashed = any(
+            r.state is ReplicaState.CRASHED or (r.failures and r.state is not ReplicaState.READY)
+            for r in replicas
+        )
         if updated >= spec.replicas and len(ready) == updated and len(replicas) == updated:
             phase = "ready"
         elif not ready and (crashed or deployment.message):

@@ -78,7 +78,7 @@ class Store:
         """Verify ``archive`` and store it as ``owner/name:version``; move ``latest`` to it."""
         archive = Path(archive)
         check_owner(owner)
-        tags = [check_tag(t) for t in tags]
+        tags = [_user_tag(t) for t in tags]  # before anything is written
         manifest = verify_archive(archive)
         prefix = _model_prefix(owner, manifest.name) + manifest.version + "/"
         record = StoredVersion(

@@ -20,6 +20,7 @@ plugin, loaded by other test suites, does not mix with them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -92,6 +93,8 @@ hub_service.configure_jupyterhub(
     c,
     port={service_port},
     store="{root}/store",
+    data_dir="{root}/service",
+    limits={{"max_upload_bytes": 8 * 1024 * 1024}},
     extra_env={{
         "HUBSERVE_POSITIVE_TTL": "{positive_ttl}",
         "HUBSERVE_NEGATIVE_TTL": "{negative_ttl}",
@@ -107,6 +110,7 @@ class Hub:
     url: str
     api: httpx.Client
     log: Path
+    root: Path
 
     @property
     def service_url(self) -> str:
@@ -162,6 +166,9 @@ def _stop(proc: subprocess.Popen[bytes], root: Path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    for state in (root / "service/local/replicas").glob("*.json"):  # replicas left behind
+        with contextlib.suppress(ProcessLookupError, ValueError, OSError):
+            os.killpg(int(json.loads(state.read_text())["pid"]), signal.SIGKILL)
     pid_file = root / "jupyterhub-proxy.pid"
     if pid_file.exists():
         with contextlib.suppress(ProcessLookupError, ValueError):
@@ -215,7 +222,50 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
             log,
             60,
         )
-        yield Hub(url=url, api=api, log=log)
+        yield Hub(url=url, api=api, log=log, root=root)
     finally:
         api.close()
         _stop(proc, root)
+
+
+# -- bundles for the registry tests -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestBundle:
+    """A packaged bundle of ``examples/iris``: its archive and what the store will call it."""
+
+    __test__ = False  # not a test class, whatever its name
+
+    archive: Path
+    name: str
+    version: str
+    sha256: str
+
+    @property
+    def data(self) -> bytes:
+        return self.archive.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def iris_bundles(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestBundle, TestBundle]:
+    """Two versions of the iris example, older first (packaging takes a few seconds)."""
+    import hashlib
+
+    from model_runtime import build_bundle
+
+    out = tmp_path_factory.mktemp("bundles")
+    built = [
+        build_bundle(f"{REPO / 'examples/iris/iris.py'}:service", output_dir=out) for _ in range(2)
+    ]
+    first, second = (
+        TestBundle(
+            archive=b.archive,
+            name=b.manifest.name,
+            version=b.manifest.version,
+            sha256=hashlib.sha256(b.archive.read_bytes()).hexdigest(),
+        )
+        for b in built
+    )
+    assert first.version < second.version
+    return first, second

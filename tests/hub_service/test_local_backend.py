@@ -1,0 +1,193 @@
+"""The service in-process (static-token dev mode) with the real local backend.
+
+No hub here: identities come from a static token file, so these tests focus on what the
+backend and the gateway do with real runtime processes — launching without the zygote,
+crash loops with backoff, store failures, large streamed bodies, header hygiene.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.requests import Request
+from starlette.testclient import TestClient
+
+from hub_service._settings import HubServiceSettings
+from hub_service.app import create_app
+from hub_service.auth import HubUser
+from hub_service.backends.local import LocalBackend, LocalBackendSettings
+from hub_service.db import Database
+from hub_service.gateway import _request_headers
+from model_runtime import build_bundle
+from model_runtime.store import LocalStore
+
+REPO = Path(__file__).resolve().parents[2]
+ALICE = {"Authorization": "token alice-token-123"}
+PREFIX = "/services/hubserve"
+
+
+@pytest.fixture(scope="module")
+def iris_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("iris")
+    return build_bundle(f"{REPO / 'examples/iris/iris.py'}:service", output_dir=out).archive
+
+
+def _client(tmp_path: Path, store: LocalStore, **backend: Any) -> TestClient:
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({"alice-token-123": {"name": "alice"}}))
+    settings = HubServiceSettings(static_token_file=tokens, data_dir=tmp_path / "data")
+    local = LocalBackend(
+        store, settings.data_dir, LocalBackendSettings(health_interval=0.2, **backend)
+    )
+    return TestClient(create_app(settings, store=store, backend=local))
+
+
+@pytest.fixture
+def store(tmp_path: Path, iris_archive: Path) -> LocalStore:
+    store = LocalStore(tmp_path / "store")
+    store.push(iris_archive, owner="alice")
+    return store
+
+
+def _status(client: TestClient, name: str = "iris") -> dict[str, Any]:
+    response = client.get(f"{PREFIX}/api/deployments/alice/{name}", headers=ALICE)
+    assert response.status_code == 200, response.text
+    return dict(response.json()["status"])
+
+
+def _wait(
+    client: TestClient, check: Any, timeout: float = 60, name: str | None = None
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    status = _status(client, name or "iris")
+    while not check(status):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+        status = _status(client, name or "iris")
+    return status
+
+
+@pytest.fixture
+def direct(tmp_path: Path, store: LocalStore) -> Iterator[TestClient]:
+    """The service with replicas launched as plain ``hubserve serve`` processes."""
+    with _client(tmp_path, store, use_zygote=False) as client:
+        yield client
+
+
+def test_replicas_without_the_zygote_and_large_bodies(direct: TestClient) -> None:
+    response = direct.post(f"{PREFIX}/api/deployments", json={"model": "iris"}, headers=ALICE)
+    assert response.status_code == 201, response.text
+    _wait(direct, lambda s: s["phase"] == "ready")
+    rows = [[5.1, 3.5, 1.4, 0.2]] * 40_000  # ~1.3 MB of JSON: streamed, not buffered
+    response = direct.post(f"{PREFIX}/d/alice/iris/classify", json=rows, headers=ALICE)
+    assert response.status_code == 200, response.text[:300]
+    assert response.json() == ["setosa"] * len(rows)
+    response = direct.post(f"{PREFIX}/d/alice/iris/predict", json=rows[:2], headers=ALICE)
+    assert response.status_code == 200
+    assert len(response.json()) == 2
+
+
+def test_missing_version_in_the_store_is_reported(tmp_path: Path, store: LocalStore) -> None:
+    with _client(tmp_path, store) as client:
+        response = client.post(f"{PREFIX}/api/deployments", json={"model": "iris"}, headers=ALICE)
+        assert response.status_code == 201
+        version = response.json()["version"]
+        _wait(client, lambda s: s["phase"] == "ready")
+    # while the service is down, the version goes (a forced delete) and so does the cache
+    store.delete_version("alice", "iris", version)
+    shutil.rmtree(tmp_path / "data/local/cache")
+    with _client(tmp_path, store) as client:  # reconciles from the database
+        status = _wait(client, lambda s: s["message"] is not None)
+        assert "cannot fetch" in status["message"]
+        assert status["ready"] == 0
+        assert status["phase"] == "failed"
+        response = client.post(f"{PREFIX}/d/alice/iris/predict", json=[[1, 2, 3, 4]], headers=ALICE)
+        assert response.status_code == 503
+        assert "cannot fetch" in response.json()["detail"]
+
+
+def test_crash_loop_backs_off(tmp_path: Path) -> None:
+    source = tmp_path / "broken" / "service.py"  # a service directory: packaged as it is
+    source.parent.mkdir()
+    source.write_text(
+        "import sys\n"
+        "from model_runtime import Service\n"
+        "service = Service('broken')\n"
+        "@service.api(input='json', output='json')\n"
+        "def echo(x):\n"
+        "    return x\n"
+        "if {'serve', 'zygote'} & set(sys.argv):  # in a runtime, not while packaging\n"
+        "    raise RuntimeError('this model refuses to start')\n"
+    )
+    archive = build_bundle(str(source.parent), output_dir=tmp_path).archive
+    store = LocalStore(tmp_path / "store")
+    store.push(archive, owner="alice")
+    with _client(tmp_path, store) as client:
+        response = client.post(f"{PREFIX}/api/deployments", json={"model": "broken"}, headers=ALICE)
+        assert response.status_code == 201
+        started = time.monotonic()
+        status = _wait(
+            client, lambda s: s["replicas"] and s["replicas"][0]["restarts"] >= 2, name="broken"
+        )
+        # backoff: 1 s then 2 s between the three starts
+        assert time.monotonic() - started >= 3
+        assert status["phase"] == "failed"
+        assert status["ready"] == 0
+        assert "exited" in status["message"]
+        logs = client.get(f"{PREFIX}/api/deployments/alice/broken/logs", headers=ALICE).json()
+        assert any("this model refuses to start" in line for line in logs[0]["lines"])
+        response = client.post(f"{PREFIX}/d/alice/broken/echo", json=[1], headers=ALICE)
+        assert response.status_code == 503
+        assert (
+            client.delete(f"{PREFIX}/api/deployments/alice/broken", headers=ALICE).status_code
+            == 204
+        )
+
+
+def test_forwarded_headers_drop_credentials() -> None:
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "headers": [
+            (b"authorization", b"token secret-hub-token"),
+            (b"cookie", b"hubserve-session=abc"),
+            (b"connection", b"keep-alive, x-private"),
+            (b"x-private", b"hop"),
+            (b"x-hubserve-token", b"forged"),
+            (b"x-hubserve-user", b"forged"),
+            (b"content-type", b"application/json"),
+            (b"accept", b"application/x-npy"),
+        ],
+        "client": ("10.0.0.7", 1234),
+    }
+    headers = dict(_request_headers(Request(scope), HubUser(name="alice"), "the-secret"))
+    assert headers == {
+        "content-type": "application/json",
+        "accept": "application/x-npy",
+        "x-hubserve-token": "the-secret",
+        "x-hubserve-user": "alice",
+        "x-forwarded-for": "10.0.0.7",
+    }
+
+
+def test_migrations_match_the_models(tmp_path: Path) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from hub_service.db import Base
+
+    database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    assert database.current_revision() is None
+    database.upgrade()
+    database.upgrade()  # idempotent
+    assert database.current_revision() == database.head_revision()
+    with database.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    database.dispose()
