@@ -28,31 +28,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from .conftest import REPO, _chp, _free_port
+
 UP = REPO / "dev" / "up.py"
 READY = "hubserve is up at "
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _chp() -> Path:
-    configured = os.environ.get("HUBSERVE_CHP")
-    path = (
-        Path(configured)
-        if configured
-        else REPO / ".hubserve/node/node_modules/.bin/configurable-http-proxy"
-    )
-    if not path.exists():
-        pytest.fail(f"configurable-http-proxy not found at {path}: run `make test-hub`")
-    return path
 
 
 class Output:

@@ -250,3 +250,16 @@ def test_not_an_archive(tmp_path: Path) -> None:
     path.write_text("hello")
     with pytest.raises(BundleError, match="not a readable bundle archive"):
         load_bundle(path)
+
+
+def test_an_unpacked_bundle_loads_again_after_python_cached_its_bytecode(tmp_path: Path) -> None:
+    """Replicas share one unpacked copy; the first import writes ``__pycache__`` into it."""
+    target = tmp_path / "unpacked"
+    extract_archive(write_tar(tmp_path / "ok.tar.gz", good_bundle), target)
+    cache = target / "__pycache__"
+    cache.mkdir()
+    (cache / "service.cpython-311.pyc").write_bytes(b"bytecode")
+    assert load_bundle(target).call("hello", "hub") == "hub"
+    (target / "notes.txt").write_text("not in the manifest")
+    with pytest.raises(BundleError, match="not listed in the manifest"):
+        load_bundle(target)
