@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import REPO, _chp, _free_port
+from .conftest import REPO, chp_path, free_port
 
 UP = REPO / "dev" / "up.py"
 READY = "hubserve is up at "
@@ -116,7 +116,7 @@ def _up_command(state: Path, port: int, s3_port: int) -> list[str]:
         "--admin",
         "boss",
         "--chp",
-        str(_chp()),
+        str(chp_path()),
     ]
 
 
@@ -125,7 +125,7 @@ class Stack:
 
     def __init__(self, state: Path) -> None:
         self.state = state
-        self.port, self.s3_port = _free_port(), _free_port()
+        self.port, self.s3_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.runs: list[tuple[subprocess.Popen[str], Output]] = []
 
@@ -277,7 +277,7 @@ def test_make_up_runs_once_per_state_and_cleans_up_after_a_crash(stack: Stack) -
 
     # A second run on the same state directory is refused while the first one runs.
     second = subprocess.run(
-        _up_command(stack.state, _free_port(), _free_port()),
+        _up_command(stack.state, free_port(), free_port()),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -312,7 +312,7 @@ def test_make_up_refuses_a_taken_port(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            _up_command(tmp_path / "state", port, _free_port()),
+            _up_command(tmp_path / "state", port, free_port()),
             cwd=REPO,
             capture_output=True,
             text=True,
