@@ -37,7 +37,7 @@ from .backends.local import LocalBackend
 from .db import Database
 from .deployments import load_deployments
 from .deployments import router as deployments_router
-from .gateway import Gateway
+from .gateway import Gateway, GatewayMiddleware
 from .oauth import login_required_handler, oauth_router
 from .registry import router as registry_router
 
@@ -93,7 +93,11 @@ def create_app(
     app = FastAPI(
         title="hubserve",
         version=__version__,
-        description="Model registry, deployments and prediction gateway for JupyterHub.",
+        description=(
+            "Model registry, deployments and prediction gateway for JupyterHub. The gateway,"
+            f" `ANY {prefix}/d/<owner>/<name>/<path>`, forwards calls to a deployment's"
+            " runtime, whose own API is documented at `d/<owner>/<name>/docs`."
+        ),
         docs_url=f"{prefix}/docs",
         redoc_url=None,
         openapi_url=f"{prefix}/openapi.json",
@@ -123,6 +127,6 @@ def create_app(
         router.include_router(oauth_router())
     router.include_router(registry_router)
     router.include_router(deployments_router)
-    router.include_router(gateway.router)
     app.include_router(router)
+    app.add_middleware(GatewayMiddleware, gateway=gateway)
     return app

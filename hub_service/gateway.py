@@ -1,48 +1,55 @@
 """The prediction gateway: ``ANY {prefix}d/<owner>/<name>/<path>`` → a replica's ``/<path>``.
 
-Every call is authenticated like any other route (hub token or browser session, see
-:mod:`hub_service.auth`), then authorized against the deployment's grants
+Every call is authenticated like any other route (hub token or browser session, through the
+same :func:`hub_service.auth.require_user`), then authorized against the deployment's grants
 (:func:`hub_service.access.can_call`: owner, admins, granted users and groups, or every hub
 user when public). The gateway then picks the ready replica with the fewest requests in flight
 (:meth:`hub_service.backends.Backend.choose`) and forwards the request — method, path below
-the deployment, query, body, headers — and streams the answer back. Runtime APIs, Open
-Inference Protocol v2 routes (``v2/...``) and batch-job routes (``jobs/...``) all pass through
-unchanged.
+the deployment, query, body, headers — and relays the answer. Runtime APIs, Open Inference
+Protocol v2 routes (``v2/...``) and batch-job routes (``jobs/...``) all pass through unchanged.
 
 What does *not* pass: the caller's credentials. ``Authorization`` and ``Cookie`` headers are
 dropped (a model's code never sees a hub token) and replaced by the deployment's secret in
 ``x-hubserve-token``, the only thing runtimes accept; ``x-hubserve-user`` tells the runtime
-who called. Hop-by-hop headers are dropped both ways.
+who called. Hop-by-hop headers are dropped both ways, and so is ``Set-Cookie`` from runtimes.
 
-Bodies stream both ways. A request body of known, small size (up to 1 MiB, i.e. most
-predictions) is read first, so when a replica cannot be connected to (it just crashed) the
-call is retried on another ready replica instead of failing; larger bodies stream straight
-through and are not retried. With no ready replica the answer is 503 with ``Retry-After`` and
-the deployment's phase; a replica that fails mid-answer gives 502, a timeout 504.
+Speed matters here: every prediction pays this hop. So the gateway is plain ASGI in front of
+FastAPI's routing (:class:`GatewayMiddleware`), with an aiohttp connection pool to the
+replicas (httpx's pool bookkeeping cost more than the model for small requests). Small bodies
+with a known length (up to 1 MiB, i.e. most predictions) are read whole, which also makes a
+request replayable: when a replica cannot be connected to (it just crashed), the call is
+retried on another ready replica instead of failing. Larger bodies stream through both ways
+and are not retried. With no ready replica the answer is 503 with ``Retry-After`` and the
+deployment's phase; a replica failing before it answers gives 502, a timeout 504; one failing
+mid-answer aborts the connection (so the caller cannot mistake half an answer for a whole).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+from urllib.parse import unquote
 
-import httpx
-from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.background import BackgroundTask
+import aiohttp
+from fastapi import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._state import ServiceState
+from ._state import Route, ServiceState
 from .access import can_call
-from .auth import HubUser, require_user
+from .auth import HubUser, LoginRequired, require_user
 from .backends import Endpoint
+from .oauth import login_required_handler
 
 log = logging.getLogger("hubserve.gateway")
 
-METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-#: Request bodies up to this size are buffered, so a failed connection can be retried.
-REPLAYABLE_BODY = 1024 * 1024
+#: Bodies up to this size with a known length are read whole (requests: replayable).
+WHOLE_BODY = 1024 * 1024
 RETRIES = 2
+_CHUNK = 64 * 1024
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -55,139 +62,182 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-#: Request headers never forwarded: credentials of the caller, and what the proxy sets itself.
-DROPPED_REQUEST = HOP_BY_HOP | {"host", "authorization", "cookie", "x-hubserve-token"}
+#: Request headers never forwarded: credentials of the caller, and what the client sets itself.
+DROPPED_REQUEST = HOP_BY_HOP | {"host", "authorization", "cookie", "content-length"}
 DROPPED_RESPONSE = HOP_BY_HOP | {"set-cookie"}
 
 
-def _request_headers(request: Request, user: HubUser, secret: str) -> list[tuple[str, str]]:
-    connection = request.headers.get("connection", "")
-    named = {token.strip().lower() for token in connection.split(",") if token.strip()}
-    headers = [
-        (key, value)
-        for key, value in request.headers.items()
-        if key not in DROPPED_REQUEST and key not in named and not key.startswith("x-hubserve-")
-    ]
-    headers.append(("x-hubserve-token", secret))
-    headers.append(("x-hubserve-user", user.name))
-    client = request.client.host if request.client else ""
-    forwarded = request.headers.get("x-forwarded-for")
-    headers.append(("x-forwarded-for", f"{forwarded}, {client}" if forwarded else client))
-    return headers
-
-
-def _response_headers(response: httpx.Response) -> dict[str, str]:
-    return {
-        key: value for key, value in response.headers.items() if key.lower() not in DROPPED_RESPONSE
+def upstream_headers(
+    headers: Iterable[tuple[bytes, bytes]], client: str, user: HubUser, secret: str
+) -> dict[str, str]:
+    """The headers a replica gets: the caller's, minus credentials and hop-by-hop ones."""
+    pairs = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in headers]
+    named = {
+        token.strip().lower()
+        for key, value in pairs
+        if key == "connection"
+        for token in value.split(",")
+        if token.strip()
     }
+    forwarded = ""
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        if key == "x-forwarded-for":
+            forwarded = value
+        elif key not in DROPPED_REQUEST and key not in named and not key.startswith("x-hubserve-"):
+            out[key] = value
+    out["x-hubserve-token"] = secret
+    out["x-hubserve-user"] = user.name
+    out["x-forwarded-for"] = f"{forwarded}, {client}" if forwarded else client
+    return out
+
+
+def _error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> Response:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
 class Gateway:
-    """Routes calls to deployments (see the module docstring)."""
+    """Routes calls to deployments (see the module docstring); owns the replica connections."""
 
     def __init__(self, state: ServiceState) -> None:
         self.state = state
-        self.router = APIRouter(tags=["gateway"])
-        self._client: httpx.AsyncClient | None = None
-        for method in METHODS:  # one documented operation per method
-            self.router.add_api_route(
-                "/d/{owner}/{name}/{path:path}",
-                self.forward,
-                methods=[method],
-                operation_id=f"gateway_{method.lower()}",
-                summary=f"{method} a deployment's route",
-            )
-        self.router.add_api_route(
-            "/d/{owner}/{name}", self.forward, methods=METHODS, include_in_schema=False
-        )
+        self.prefix = state.settings.base_url + "d/"
+        self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                self.state.settings.gateway_timeout, connect=self.state.settings.connect_timeout
+        settings = self.state.settings
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=settings.connect_timeout, sock_read=settings.gateway_timeout
             ),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-            follow_redirects=False,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
         )
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
-    async def forward(
-        self,
-        owner: str,
-        name: str,
-        request: Request,
-        user: Annotated[HubUser, Depends(require_user)],
-        path: str = "",
-    ) -> Response:
-        """Call the deployment ``owner/name``: ``path`` is the runtime route (an API name,
-        ``v2/...``, ``jobs/...``, ``docs``)."""
+    def handles(self, scope: Scope) -> bool:
+        return scope["type"] == "http" and str(scope["path"]).startswith(self.prefix)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path") or str(scope["path"]).encode()
+        rest = raw.decode("latin-1")[len(self.prefix) :]
+        owner, _, rest = rest.partition("/")
+        name, _, path = rest.partition("/")
+        owner, name = unquote(owner), unquote(name)
+        request = Request(scope, receive)
+        try:
+            user = await require_user(request)
+            route = self._route(user, owner, name)
+        except HTTPException as exc:
+            await _error(exc.status_code, str(exc.detail), exc.headers)(scope, receive, send)
+            return
+        except LoginRequired as exc:
+            await (await login_required_handler(request, exc))(scope, receive, send)
+            return
+        query = scope.get("query_string", b"").decode("latin-1")
+        target = "/" + path + (f"?{query}" if query else "")
+        client = scope["client"][0] if scope.get("client") else ""
+        headers = upstream_headers(scope["headers"], client, user, route.secret)
+        try:
+            await self._forward(scope, receive, send, owner, name, target, headers)
+        except _ClientGone:
+            log.info("a caller of %s/%s left before sending its whole request", owner, name)
+
+    def _route(self, user: HubUser, owner: str, name: str) -> Route:
         route = self.state.routes.get(f"{owner}/{name}")
         if route is None:
             raise HTTPException(404, f"deployment {owner}/{name} not found")
         if not can_call(user, owner, route.grants):
             raise HTTPException(403, f"{user.name} may not call the deployment {owner}/{name}")
-        length = request.headers.get("content-length")
-        body: bytes | AsyncIterator[bytes]
-        replayable = length is not None and length.isdigit() and int(length) <= REPLAYABLE_BODY
-        body = await request.body() if replayable else request.stream()
-        url_path = "/" + path
-        if request.url.query:
-            url_path += "?" + request.url.query
-        headers = _request_headers(request, user, route.secret)
-        attempts = 1 + (RETRIES if replayable else 0)
+        return route
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        owner: str,
+        name: str,
+        target: str,
+        headers: dict[str, str],
+    ) -> None:
+        assert self._session is not None, "the gateway is not started"
+        length = _content_length(scope["headers"])
+        whole = length is not None and length <= WHOLE_BODY
+        body: bytes | AsyncIterator[bytes] = (
+            await _read_body(receive) if whole else _stream_body(receive)
+        )
+        if length is not None:
+            headers["content-length"] = str(length)
+        attempts = 1 + (RETRIES if whole else 0)
         for attempt in range(attempts):
             endpoint = self.state.backend.choose(owner, name)
             if endpoint is None:
-                return self._unavailable(owner, name)
+                await self._unavailable(owner, name)(scope, receive, send)
+                return
+            endpoint.acquire()
             try:
-                return await self._send(endpoint, request.method, url_path, headers, body)
-            except httpx.ConnectError:
-                if attempt + 1 == attempts:
-                    log.warning("no replica of %s/%s accepted the connection", owner, name)
-                    raise HTTPException(
-                        502, f"the replicas of {owner}/{name} did not accept the call"
-                    ) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+                upstream = await self._session.request(
+                    scope["method"],
+                    endpoint.address + target,
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                )
+            except aiohttp.ClientConnectorError:
+                endpoint.release()
+                if attempt + 1 < attempts:
+                    continue
+                log.warning("no replica of %s/%s accepted the connection", owner, name)
+                response = _error(502, f"the replicas of {owner}/{name} did not accept the call")
+                await response(scope, receive, send)
+                return
+            except asyncio.TimeoutError:
+                endpoint.release()
+                await _error(504, "the model did not answer in time")(scope, receive, send)
+                return
+            except aiohttp.ClientError as exc:
+                endpoint.release()
+                log.warning("replica %s failed: %s", endpoint.address, type(exc).__name__)
+                response = _error(502, "the model's replica failed while answering")
+                await response(scope, receive, send)
+                return
+            await self._relay(upstream, endpoint, send)
+            return
 
-    async def _send(
-        self,
-        endpoint: Endpoint,
-        method: str,
-        url_path: str,
-        headers: list[tuple[str, str]],
-        body: bytes | AsyncIterator[bytes],
-    ) -> Response:
-        assert self._client is not None, "the gateway is not started"
-        upstream = self._client.build_request(
-            method, endpoint.address + url_path, headers=headers, content=body
-        )
-        endpoint.acquire()
+    async def _relay(
+        self, upstream: aiohttp.ClientResponse, endpoint: Endpoint, send: Send
+    ) -> None:
         try:
-            response = await self._client.send(upstream, stream=True)
-        except httpx.ConnectError:
+            headers = [
+                (key.lower(), value)
+                for key, value in upstream.raw_headers
+                if key.decode("latin-1").lower() not in DROPPED_RESPONSE
+            ]
+            length = upstream.content_length
+            if length is not None and length <= WHOLE_BODY:
+                data = await upstream.read()
+                await send(
+                    {"type": "http.response.start", "status": upstream.status, "headers": headers}
+                )
+                await send({"type": "http.response.body", "body": data})
+                return
+            await send(
+                {"type": "http.response.start", "status": upstream.status, "headers": headers}
+            )
+            async for chunk in upstream.content.iter_chunked(_CHUNK):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.warning("replica %s broke off its answer: %s", endpoint.address, type(exc).__name__)
+            raise  # the response has started: abort the connection rather than end it cleanly
+        finally:
+            upstream.release()
             endpoint.release()
-            raise
-        except httpx.TimeoutException:
-            endpoint.release()
-            raise HTTPException(504, "the model did not answer in time") from None
-        except httpx.HTTPError as exc:
-            endpoint.release()
-            log.warning("replica %s failed: %s", endpoint.address, type(exc).__name__)
-            raise HTTPException(502, "the model's replica failed while answering") from None
-
-        async def close() -> None:
-            await response.aclose()
-            endpoint.release()
-
-        return StreamingResponse(
-            _relay(response),
-            status_code=response.status_code,
-            headers=_response_headers(response),
-            background=BackgroundTask(close),
-        )
 
     def _unavailable(self, owner: str, name: str) -> Response:
         status = self.state.backend.status(owner, name)
@@ -197,13 +247,51 @@ class Gateway:
         )
         if status.message:
             detail += f": {status.message}"
-        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
+        return _error(503, detail, {"Retry-After": "1"})
 
 
-async def _relay(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The upstream body as it arrives; a replica dying mid-answer ends the stream."""
-    try:
-        async for chunk in response.aiter_raw():
-            yield chunk
-    except httpx.HTTPError as exc:
-        log.warning("replica stream broke off: %s", type(exc).__name__)
+class GatewayMiddleware:
+    """Sends ``{prefix}d/...`` to the :class:`Gateway`, everything else to the app."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.gateway.handles(scope):
+            await self.gateway(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    for key, value in headers:
+        if key.lower() == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _stream_body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message: dict[str, Any] = dict(await receive())
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        if message.get("body"):
+            yield message["body"]
+        if not message.get("more_body", False):
+            return
+
+
+class _ClientGone(Exception):
+    """The caller disconnected before its request body was complete."""

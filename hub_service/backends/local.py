@@ -6,16 +6,18 @@ How a deployment runs here:
   ``<data_dir>/local/cache``: verified, unpacked), and replicas serve the unpacked directory,
   so N replicas cost one download and runtimes need no store credentials.
 * **Launching.** Replicas are forked from a *zygote* (``hubserve zygote``, see
-  :mod:`model_runtime.runtime._zygote`) that has torch, FastAPI and the runtime imported
-  already, so a replica is ready a few hundred milliseconds after the launch plus the time
-  its model takes to load. If the zygote cannot run, replicas start as ``hubserve serve``
-  processes (a second or two slower). Either way a replica listens on a free loopback port,
-  in its own session, with its output in ``<data_dir>/local/logs/<owner>/<name>/<id>.log``,
-  and its environment holds nothing of the service's (no hub token, no store keys): only the
-  basics (``PATH``, ``HOME``, locale) and its settings. Runtimes require the deployment's
-  secret (``x-hubserve-token``), which only the gateway sends.
+  :mod:`model_runtime.runtime._zygote`; started with the service) that has torch, FastAPI
+  and the runtime imported already, so a replica is ready a few hundred milliseconds after
+  the launch plus the time its model takes to load. If the zygote cannot run, replicas start
+  as ``hubserve serve`` processes (a second or two slower). Either way a replica listens on
+  a free loopback port, in its own session, with its output in
+  ``<data_dir>/local/logs/<owner>/<name>/<id>.log``, and its environment holds nothing of
+  the service's (no hub token, no store keys): only the basics (``PATH``, ``HOME``, locale)
+  and its settings. Runtimes require the deployment's secret (``x-hubserve-token``), which
+  only the gateway sends.
 * **Supervision.** One task per deployment probes each replica's ``/readyz`` every
-  ``health_interval`` seconds. A replica that exits is restarted in place with exponential
+  ``health_interval`` seconds (every ``start_interval`` while one is starting, so it takes
+  calls as soon as it is ready). A replica that exits is restarted in place with exponential
   backoff (1 s, 2 s, 4 s ... up to ``max_backoff``; the count resets after a minute of
   health); one that stops answering is taken out of rotation, and killed and restarted if it
   does not recover; one that never gets ready within ``start_timeout`` is restarted too.
@@ -109,6 +111,8 @@ def _free_port() -> int:
 @dataclass(frozen=True)
 class LocalBackendSettings:
     health_interval: float = 1.0
+    #: Probe interval while a replica starts: it joins the rotation as soon as it is ready.
+    start_interval: float = 0.05
     probe_timeout: float = 5.0
     start_timeout: float = 300.0
     drain_timeout: float = 30.0
@@ -299,12 +303,15 @@ class LocalBackend(Backend):
         self._deployments: dict[str, _Deployment] = {}
         self._zygote = _Zygote(self.root, self._logs / "zygote.log")
         self._probe = httpx.AsyncClient(timeout=self.settings.probe_timeout)
+        self._warming: asyncio.Task[Path | None] | None = None
         for directory in (self._state_dir, self._logs, self._cache):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # -- the Backend API -------------------------------------------------------------------
 
     async def start(self, specs: list[DeploymentSpec]) -> None:
+        if self.settings.use_zygote:  # warm it now: the first deployment should not wait
+            self._warming = asyncio.create_task(self._zygote.ensure())
         wanted = {spec.key: spec for spec in specs}
         adopted: dict[str, list[_Replica]] = {}
         for path in sorted(self._state_dir.glob("*.json")):
@@ -396,6 +403,8 @@ class LocalBackend(Backend):
         deployments = list(self._deployments.values())
         self._deployments.clear()
         await asyncio.gather(*(self._shutdown(d) for d in deployments))
+        if self._warming is not None:
+            await asyncio.gather(self._warming, return_exceptions=True)
         await anyio.to_thread.run_sync(self._zygote.stop)
         await self._probe.aclose()
 
@@ -411,8 +420,10 @@ class LocalBackend(Backend):
             except Exception as exc:  # keep supervising whatever one round hit
                 log.exception("supervising %s failed", deployment.spec.key)
                 deployment.message = f"supervisor error: {exc}"
+            starting = any(r.state is ReplicaState.STARTING for r in deployment.replicas.values())
+            interval = self.settings.start_interval if starting else self.settings.health_interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(deployment.wake.wait(), self.settings.health_interval)
+                await asyncio.wait_for(deployment.wake.wait(), interval)
 
     async def _converge(self, deployment: _Deployment) -> None:
         spec = deployment.spec

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from hub_service._settings import HubServiceSettings
@@ -23,7 +22,7 @@ from hub_service.app import create_app
 from hub_service.auth import HubUser
 from hub_service.backends.local import LocalBackend, LocalBackendSettings
 from hub_service.db import Database
-from hub_service.gateway import _request_headers
+from hub_service.gateway import upstream_headers
 from model_runtime import build_bundle
 from model_runtime.store import LocalStore
 
@@ -151,29 +150,24 @@ def test_crash_loop_backs_off(tmp_path: Path) -> None:
 
 
 def test_forwarded_headers_drop_credentials() -> None:
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/",
-        "headers": [
-            (b"authorization", b"token secret-hub-token"),
-            (b"cookie", b"hubserve-session=abc"),
-            (b"connection", b"keep-alive, x-private"),
-            (b"x-private", b"hop"),
-            (b"x-hubserve-token", b"forged"),
-            (b"x-hubserve-user", b"forged"),
-            (b"content-type", b"application/json"),
-            (b"accept", b"application/x-npy"),
-        ],
-        "client": ("10.0.0.7", 1234),
-    }
-    headers = dict(_request_headers(Request(scope), HubUser(name="alice"), "the-secret"))
-    assert headers == {
+    headers = [
+        (b"authorization", b"token secret-hub-token"),
+        (b"cookie", b"hubserve-session=abc"),
+        (b"connection", b"keep-alive, x-private"),
+        (b"x-private", b"hop"),
+        (b"x-hubserve-token", b"forged"),
+        (b"x-hubserve-user", b"forged"),
+        (b"Content-Type", b"application/json"),
+        (b"accept", b"application/x-npy"),
+        (b"x-forwarded-for", b"192.0.2.1"),
+    ]
+    forwarded = upstream_headers(headers, "10.0.0.7", HubUser(name="alice"), "the-secret")
+    assert forwarded == {
         "content-type": "application/json",
         "accept": "application/x-npy",
         "x-hubserve-token": "the-secret",
         "x-hubserve-user": "alice",
-        "x-forwarded-for": "10.0.0.7",
+        "x-forwarded-for": "192.0.2.1, 10.0.0.7",
     }
 
 
