@@ -22,12 +22,18 @@ retried on another ready replica instead of failing. Larger bodies stream throug
 and are not retried. With no ready replica the answer is 503 with ``Retry-After`` and the
 deployment's phase; a replica failing before it answers gives 502, a timeout 504; one failing
 mid-answer aborts the connection (so the caller cannot mistake half an answer for a whole).
+
+Batch jobs live in the memory of the replica that runs them, so the gateway remembers which
+replica accepted each job (from the ``202`` answer to ``POST jobs/<api>``) and sends that
+job's status and cancel calls (``jobs/<id>``) to the same replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote
@@ -49,6 +55,8 @@ log = logging.getLogger("hubserve.gateway")
 #: Bodies up to this size with a known length are read whole (requests: replayable).
 WHOLE_BODY = 1024 * 1024
 RETRIES = 2
+#: Batch jobs whose replica the gateway remembers (the oldest are forgotten first).
+MAX_JOBS = 10_000
 _CHUNK = 64 * 1024
 HOP_BY_HOP = frozenset(
     {
@@ -103,6 +111,8 @@ class Gateway:
         self.state = state
         self.prefix = state.settings.base_url + "d/"
         self._session: aiohttp.ClientSession | None = None
+        #: ``(owner/name, job id)`` → the replica running the job (jobs live in its memory).
+        self._jobs: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     async def start(self) -> None:
         settings = self.state.settings
@@ -173,9 +183,12 @@ class Gateway:
         )
         if length is not None:
             headers["content-length"] = str(length)
+        key = f"{owner}/{name}"
+        job = _job_id(target)
+        prefer = self._jobs.get((key, job)) if job else None
         attempts = 1 + (RETRIES if whole else 0)
         for attempt in range(attempts):
-            endpoint = self.state.backend.choose(owner, name)
+            endpoint = self.state.backend.choose(owner, name, prefer)
             if endpoint is None:
                 await self._unavailable(owner, name)(scope, receive, send)
                 return
@@ -206,12 +219,18 @@ class Gateway:
                 response = _error(502, "the model's replica failed while answering")
                 await response(scope, receive, send)
                 return
-            await self._relay(upstream, endpoint, send)
+            submits_job = scope["method"] == "POST" and target.startswith("/jobs/")
+            await self._relay(upstream, endpoint, send, key if submits_job else None)
             return
 
     async def _relay(
-        self, upstream: aiohttp.ClientResponse, endpoint: Endpoint, send: Send
+        self,
+        upstream: aiohttp.ClientResponse,
+        endpoint: Endpoint,
+        send: Send,
+        job_of: str | None = None,
     ) -> None:
+        """Send the replica's answer on; remember which replica took a new batch job."""
         try:
             headers = [
                 (key.lower(), value)
@@ -221,6 +240,8 @@ class Gateway:
             length = upstream.content_length
             if length is not None and length <= WHOLE_BODY:
                 data = await upstream.read()
+                if job_of is not None and upstream.status == 202:
+                    self._remember_job(job_of, data, endpoint)
                 await send(
                     {"type": "http.response.start", "status": upstream.status, "headers": headers}
                 )
@@ -238,6 +259,15 @@ class Gateway:
         finally:
             upstream.release()
             endpoint.release()
+
+    def _remember_job(self, key: str, body: bytes, endpoint: Endpoint) -> None:
+        try:
+            job = json.loads(body)["id"]
+        except (ValueError, KeyError, TypeError):
+            return
+        self._jobs[(key, str(job))] = endpoint.id
+        while len(self._jobs) > MAX_JOBS:
+            self._jobs.popitem(last=False)
 
     def _unavailable(self, owner: str, name: str) -> Response:
         status = self.state.backend.status(owner, name)
@@ -262,6 +292,12 @@ class GatewayMiddleware:
             await self.gateway(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+def _job_id(target: str) -> str | None:
+    """The job id of a ``/jobs/<id>`` route (job status, cancel), else ``None``."""
+    parts = target.split("?", 1)[0].strip("/").split("/")
+    return parts[1] if len(parts) == 2 and parts[0] == "jobs" else None
 
 
 def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:

@@ -1,10 +1,16 @@
-"""Fixtures shared by every test run: an isolated hubserve home and cache per test."""
+"""Fixtures shared by every test run: an isolated hubserve home and cache per test, and the
+live stack (:func:`tests.live_hub.hub`), started once per run by the first test that needs it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from tests.live_hub import hub
+
+__all__ = ["hub"]
 
 
 @pytest.fixture(autouse=True)

@@ -77,6 +77,7 @@ class DeploymentStatus(BaseModel):
 class Endpoint(ABC):
     """A ready replica the gateway may call; counts the requests it has in flight."""
 
+    id: str
     in_flight: int
 
     @property
@@ -117,8 +118,9 @@ class Backend(ABC):
         """The deployment as the backend sees it now."""
 
     @abstractmethod
-    def choose(self, owner: str, name: str) -> Endpoint | None:
-        """A ready replica with the fewest requests in flight, or ``None``."""
+    def choose(self, owner: str, name: str, prefer: str | None = None) -> Endpoint | None:
+        """The ready replica ``prefer`` names if there is one (batch jobs live in the replica
+        that runs them), else a ready replica with the fewest requests in flight, or ``None``."""
 
     @abstractmethod
     async def logs(self, owner: str, name: str, tail: int) -> list[LogChunk]:

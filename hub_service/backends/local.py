@@ -355,7 +355,9 @@ class LocalBackend(Backend):
             r.state is ReplicaState.CRASHED or (r.failures and r.state is not ReplicaState.READY)
             for r in replicas
         )
-        if updated >= spec.replicas and len(ready) == updated and len(replicas) == updated:
+        if spec.replicas == 0 and not replicas:
+            phase = "stopped"
+        elif updated == spec.replicas and len(replicas) == updated:
             phase = "ready"
         elif not ready and (crashed or deployment.message):
             phase = "failed"
@@ -376,10 +378,14 @@ class LocalBackend(Backend):
             replicas=[r.status() for r in replicas],
         )
 
-    def choose(self, owner: str, name: str) -> Endpoint | None:
+    def choose(self, owner: str, name: str, prefer: str | None = None) -> Endpoint | None:
         deployment = self._deployments.get(f"{owner}/{name}")
         if deployment is None:
             return None
+        if prefer is not None:
+            preferred = deployment.replicas.get(prefer)
+            if preferred is not None and preferred.state is ReplicaState.READY:
+                return preferred
         ready = [r for r in deployment.replicas.values() if r.state is ReplicaState.READY]
         if not ready:
             return None

@@ -1,4 +1,5 @@
-"""Fixtures of the hub_service tests: the live hub (see :mod:`tests.live_hub`) and bundles."""
+"""Fixtures of the hub_service tests: bundles, and names from :mod:`tests.live_hub` (the ``hub``
+fixture itself comes from ``tests/conftest.py``, shared with the other live suites)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from tests.live_hub import (
     Hub,
     chp_path,
     free_port,
-    hub,
 )
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "Hub",
     "chp_path",
     "free_port",
-    "hub",
 ]
 
 
