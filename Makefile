@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint typecheck unit test-hub venv clean
+.PHONY: up test lint typecheck unit test-hub test-server-ext venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,11 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests/model_runtime -p no:cacheprovider
 
-test: lint typecheck unit test-hub
+test: lint typecheck unit test-hub test-server-ext
 
-# hub_service against a real JupyterHub; its own pytest run (the jupyter_server plugin clashes).
+# Everything that needs the live stack (a real JupyterHub, the service, replicas): hub_service
+# and the notebook side (client, magics, widgets, a notebook run by nbclient), in one pytest
+# run sharing one hub; its own run, because the jupyter_server pytest plugin clashes.
 CHP := .hubserve/node/node_modules/.bin/configurable-http-proxy
 
 $(CHP):
@@ -39,7 +41,12 @@ up: $(STAMP) $(CHP)
 	$(PY) dev/up.py
 
 test-hub: $(STAMP) $(CHP)
-	$(PY) -m pytest tests/hub_service -p no:cacheprovider
+	$(PY) -m pytest tests/hub_service tests/jupyter_extension -p no:cacheprovider
+
+# The Jupyter server extension against a live standalone hub_service; pytest-jupyter's plugin
+# has no entry point, so it is loaded here (it must not load into the hub tests).
+test-server-ext: $(STAMP)
+	$(PY) -m pytest tests/jupyter_server_ext -p no:cacheprovider -p pytest_jupyter.jupyter_server
 
 clean:
 	rm -rf $(VENV) .hubserve build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -108,6 +108,9 @@ class BundleApi(_Answer):
     input: dict[str, Any] = Field(default_factory=dict)
     output: dict[str, Any] = Field(default_factory=dict)
     batchable: bool = False
+    batching: dict[str, Any] = Field(
+        default_factory=dict, description="The bundle's max_batch_size and max_latency_ms."
+    )
     signature: str = ""
     doc: str = ""
 
