@@ -28,7 +28,13 @@ if TYPE_CHECKING:
     from .client import AsyncClient, Client
     from .widgets import DeployPanel
 
-__all__ = ["AsyncClient", "Client", "DeployPanel", "load_ipython_extension"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "DeployPanel",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
 
 _LAZY = {
     "Client": "jupyter_extension.client",
@@ -51,6 +57,13 @@ def load_ipython_extension(ipython: InteractiveShell) -> None:
     from .magics import load_ipython_extension as load
 
     load(ipython)
+
+
+def unload_ipython_extension(ipython: InteractiveShell) -> None:
+    """``%unload_ext jupyter_extension``: remove the magics and their formatters."""
+    from .magics import unload_ipython_extension as unload
+
+    unload(ipython)
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
