@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint typecheck unit test-hub test-server-ext venv clean
+.PHONY: up test lint typecheck unit test-hub test-server-ext test-lab labextension test-lab-unit venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,42 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests/model_runtime -p no:cacheprovider
 
-test: lint typecheck unit test-hub test-server-ext
+test: lint typecheck unit test-hub test-server-ext test-lab labextension test-lab-unit
+
+# The JupyterLab panel (labextension/, TypeScript), built into a prebuilt extension in
+# jupyter_extension/labextension/ (shipped in the wheel). npm ci runs when package.json or
+# the lock file change, the build when a source changes; the venv's JupyterLab finds the
+# build through a link in $(VENV)/share/jupyter/labextensions/. `jupyter labextension
+# build` wants the core package file: without it, it fetches a metadata package that is not
+# on npm. It calls jupyter-builder from PATH, hence the venv's bin/ in front.
+LAB_SRC     := labextension
+LAB_OUT     := jupyter_extension/labextension
+LAB_NPM     := $(LAB_SRC)/node_modules/.hubserve-npm-ci
+LAB_BUILT   := $(LAB_OUT)/.hubserve-build
+LAB_SOURCES := $(shell find $(LAB_SRC)/src $(LAB_SRC)/style -type f 2>/dev/null) \
+	$(LAB_SRC)/tsconfig.json $(LAB_SRC)/install.json
+LAB_LINK    := $(VENV)/share/jupyter/labextensions/hubserve-labextension
+LAB_CORE     = $(shell $(PY) -c 'import jupyterlab, pathlib; print(pathlib.Path(jupyterlab.__file__).parent / "staging" / "package.json")')
+
+$(LAB_NPM): $(LAB_SRC)/package.json $(LAB_SRC)/package-lock.json
+	cd $(LAB_SRC) && npm ci --no-audit --no-fund
+	touch $@
+
+$(LAB_BUILT): $(LAB_NPM) $(LAB_SOURCES) | $(STAMP)
+	cd $(LAB_SRC) && npm run build:lib
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/jupyter labextension build \
+		--core-package-file "$(LAB_CORE)" $(LAB_SRC)
+	cp $(LAB_SRC)/install.json $(LAB_OUT)/install.json
+	touch $@
+
+labextension: $(LAB_BUILT)
+	mkdir -p $(dir $(LAB_LINK))
+	test "$$(readlink $(LAB_LINK))" = "$(abspath $(LAB_OUT))" || \
+		{ rm -rf $(LAB_LINK) && ln -s "$(abspath $(LAB_OUT))" $(LAB_LINK); }
+
+# Unit tests of the panel's data layer (Vitest, in Node; type-checks the tests first).
+test-lab-unit: $(LAB_NPM)
+	cd $(LAB_SRC) && npm test
 
 # Everything that needs the live stack (a real JupyterHub, the service, replicas): hub_service
 # and the notebook side (client, magics, widgets, a notebook run by nbclient), in one pytest
@@ -37,7 +72,7 @@ $(CHP):
 	npm install --prefix .hubserve/node --no-audit --no-fund configurable-http-proxy
 
 # The whole stack on this machine (dev/up.py): JupyterHub + proxy, hubserve, S3. Ctrl-C stops it.
-up: $(STAMP) $(CHP)
+up: $(STAMP) $(CHP) labextension
 	$(PY) dev/up.py
 
 test-hub: $(STAMP) $(CHP)
@@ -48,5 +83,13 @@ test-hub: $(STAMP) $(CHP)
 test-server-ext: $(STAMP)
 	$(PY) -m pytest tests/jupyter_server_ext -p no:cacheprovider -p pytest_jupyter.jupyter_server
 
+# The JupyterLab panel in a real Lab and Chromium (Debian's /usr/bin/chromium, driven by
+# Playwright; never a downloaded browser) against a live standalone hub_service, plus the
+# authentication of every server-extension route. Screenshots: tests/labextension/artifacts/
+# (or $HUBSERVE_TEST_ARTIFACTS/labextension/).
+test-lab: $(STAMP) labextension
+	$(PY) -m pytest tests/labextension -p no:cacheprovider
+
 clean:
-	rm -rf $(VENV) .hubserve build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .hubserve build *.egg-info .pytest_cache .mypy_cache .ruff_cache \
+		labextension/node_modules labextension/lib jupyter_extension/labextension

@@ -76,6 +76,9 @@ c.Spawner.environment = {
     "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', os.defpath)}",
     "VIRTUAL_ENV": str(venv_bin.parent),
     "HUBSERVE_UP_STATE": str(state),
+    # An editable install (`pip install -e`) does not install data files, so the shipped
+    # enable-config of the hubserve server extension is read from the checkout.
+    "JUPYTER_CONFIG_PATH": str(Path(__file__).resolve().parent.parent / "jupyter-config"),
 }
 
 # -- hubserve --------------------------------------------------------------------------------

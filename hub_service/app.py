@@ -43,12 +43,22 @@ from .registry import router as registry_router
 
 
 def make_backend(settings: HubServiceSettings, store: Store) -> Backend:
-    """The deploy backend ``settings.backend`` names."""
-    if settings.backend != "local":
-        raise ValueError(
-            f"the {settings.backend!r} deploy backend is not part of this hubserve version;"
-            " use 'local'"
-        )
+    """The deploy backend ``settings.backend`` names.
+
+    ``kubernetes`` reads its own settings from ``HUBSERVE_K8S_*`` and needs an S3 store
+    (``settings.store``), whose bundles its pods pull; its client library is an extra
+    (``pip install hubserve[kubernetes]``), imported only here.
+    """
+    if settings.backend == "kubernetes":
+        try:
+            from .backends._k8s_settings import KubernetesSettings
+            from .backends.kubernetes import KubernetesBackend
+        except ImportError as exc:
+            raise ValueError(
+                "the kubernetes deploy backend needs the kubernetes client:"
+                f" pip install 'hubserve[kubernetes]' ({exc})"
+            ) from exc
+        return KubernetesBackend(KubernetesSettings(), settings.store)
     return LocalBackend(store, settings.data_dir)
 
 

@@ -141,6 +141,8 @@ def spec_of(row: Deployment) -> DeploymentSpec:
         replicas=row.replicas,
         secret=row.secret,
         threads=(row.resources or {}).get("threads"),
+        cpu=(row.resources or {}).get("cpu"),
+        memory=(row.resources or {}).get("memory"),
         batching=dict(row.batching or {}),
     )
 

@@ -11,7 +11,8 @@ The gateway asks the backend for a replica to send each call to (:meth:`Backend.
 the backend answers with a ready replica that has the fewest requests in flight.
 
 Backends: :class:`~hub_service.backends.local.LocalBackend` (supervised processes on this
-machine, the embedded default).
+machine, the embedded default) and :class:`~hub_service.backends.kubernetes.KubernetesBackend`
+(a Deployment, Service and optionally Ingress and autoscaler per deployment in a cluster).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class DeploymentSpec:
     replicas: int
     secret: str
     threads: int | None = None
+    #: Resource requests for backends that schedule (Kubernetes: "500m", "1Gi").
+    cpu: str | None = None
+    memory: str | None = None
     batching: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property

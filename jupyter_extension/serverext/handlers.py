@@ -228,8 +228,9 @@ class HubserveHandler(APIHandler):
             detail = error.detail
             for name, value in error.headers.items():
                 self.set_header(name, value)
-        elif isinstance(error, web.HTTPError) and error.log_message:
-            detail = error.log_message % error.args if error.args else error.log_message
+        elif isinstance(error, web.HTTPError):
+            if error.log_message:
+                detail = error.log_message % error.args if error.args else error.log_message
         elif error is not None:
             detail = "Unhandled error"  # the traceback is in the server's log, not here
         self.finish(json.dumps({"detail": detail, "message": detail}))

@@ -254,6 +254,14 @@ def test_make_up_starts_the_stack_and_sigint_stops_all_of_it(stack: Stack) -> No
     lab = httpx.get(f"{url}/user/alice/lab", headers=auth, timeout=10)
     assert lab.status_code == 200
     assert "JupyterLab" in lab.text
+    # ... with the hubserve server extension loaded and pointed at the service (the panel's
+    # and the notebook's way in), which sees alice through her server's token
+    config = httpx.get(f"{url}/user/alice/hubserve/config", headers=auth, timeout=10)
+    assert config.status_code == 200, config.text
+    assert config.json()["configured"] is True, config.json()
+    me = httpx.get(f"{url}/user/alice/hubserve/api/me", headers=auth, timeout=10)
+    assert me.status_code == 200, me.text
+    assert me.json()["name"] == "alice"
     assert (state / "users" / "alice").is_dir()
     assert _stack_processes(state)
 
