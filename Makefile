@@ -24,7 +24,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 unit: $(STAMP)
-	$(PY) -m pytest tests/model_runtime -p no:cacheprovider
+	$(PY) -m pytest tests/model_runtime tests/examples -p no:cacheprovider
 
 test: lint typecheck unit test-hub test-server-ext test-lab labextension test-lab-unit
 

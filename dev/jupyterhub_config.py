@@ -12,6 +12,12 @@ file turns them into a complete development hub:
 * **hubserve** as a managed service, registered by the one call an admin adds to their own
   ``jupyterhub_config.py`` (:func:`hub_service.configure_jupyterhub`), with the S3 server
   that ``dev/up.py`` started as the model store and the ``local`` deploy backend;
+* **a ``make-up`` service** without a server, only a token (generated once by ``dev/up.py``
+  into ``<state>/hub/make-up.token``), whose one permission is to issue tokens for the admin
+  user (``tokens!user=<admin>``). ``dev/up.py`` uses it to get a short-lived admin token,
+  limited to using hubserve, to preload the astro example: hubserve only accepts *user*
+  tokens (it asks ``GET /hub/api/user`` and refuses a service), and a service token that
+  could itself call hubserve, or issue tokens for anybody, would be more power than needed;
 * **single-user servers** with ``SimpleLocalProcessSpawner`` (processes of the current OS
   user, one home directory per hub user under ``<state>/users/``; no isolation, so for
   development only) running JupyterLab from this virtual environment.
@@ -79,7 +85,22 @@ c.Spawner.environment = {
     # An editable install (`pip install -e`) does not install data files, so the shipped
     # enable-config of the hubserve server extension is read from the checkout.
     "JUPYTER_CONFIG_PATH": str(Path(__file__).resolve().parent.parent / "jupyter-config"),
+    # Where the astro notebook (copied into the admin's home by dev/up.py) finds its code.
+    "ASTRO_EXAMPLE_DIR": str(Path(__file__).resolve().parent.parent / "examples" / "astro"),
 }
+
+# -- make up's own access: issuing admin tokens to preload the astro example -----------------
+c.JupyterHub.services = [
+    {"name": "make-up", "api_token": (hub_dir / "make-up.token").read_text().strip()}
+]
+c.JupyterHub.load_roles = [
+    {
+        "name": "make-up",
+        "description": "dev/up.py: issue tokens for the admin user (to preload examples)",
+        "scopes": [f"tokens!user={admin}"],
+        "services": ["make-up"],
+    }
+]
 
 # -- hubserve --------------------------------------------------------------------------------
 hub_service.configure_jupyterhub(

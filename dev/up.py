@@ -8,15 +8,24 @@ What runs, all on 127.0.0.1, all state under ``.hubserve/`` (``--state``):
   dev ``shared-password`` authenticator, and JupyterLab single-user servers as local
   processes (homes in ``<state>/users/<name>``): see ``dev/jupyterhub_config.py``;
 * the hubserve service, managed by the hub at ``/services/hubserve/`` (data in
-  ``<state>/service``), with the S3 server as its store and the ``local`` deploy backend.
+  ``<state>/service``), with the S3 server as its store and the ``local`` deploy backend;
+* the astro example preloaded (:func:`_preload`): ``examples/astro/service.py:service``
+  pushed through hubserve's API and deployed as ``<admin>/astro`` (1 replica), so that a
+  newcomer finds a working deployment in the Lab panel; ``examples/astro/astro.ipynb`` is
+  copied into the admin's home (unless there is one already). Idempotent: a run whose
+  example is already in the store pushes nothing and leaves the deployment as it is; a
+  changed example (code or weights) is pushed as a new version and the deployment rolls to
+  it. ``--no-preload`` skips all of it.
 
 It prints the hub URL, how to log in and the first steps once the hub API and hubserve's
-``healthz`` answer through the proxy (the line ``hubserve is up at <url> ...``), then stays in
-the foreground. Ctrl-C (SIGINT) or SIGTERM stops everything: the hub (which stops the
-single-user servers, the service and the proxy), then the S3 server; as a last resort any
-process still marked as part of this stack (``HUBSERVE_UP_STATE=<state>`` in its
-environment, or Python, node or weed working in the state directory) is killed. The same
-sweep at start-up stops what a killed earlier run (``kill -9``) left behind.
+``healthz`` answer through the proxy and the astro deployment is ready (the line
+``hubserve is up at <url> ...``), then stays in the foreground. A failed preload is reported
+in that summary; the rest of the stack runs regardless. Ctrl-C (SIGINT) or SIGTERM stops
+everything: the hub (which stops the single-user servers, the service and the proxy), then
+the S3 server; as a last resort any process still marked as part of this stack
+(``HUBSERVE_UP_STATE=<state>`` in its environment, or Python, node or weed working in the
+state directory) is killed. The same sweep at start-up stops what a killed earlier run
+(``kill -9``) left behind.
 """
 
 from __future__ import annotations
@@ -36,14 +45,25 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from jupyter_extension.client import Client
+    from model_runtime import BuiltBundle
 
 ROOT = Path(__file__).resolve().parent.parent
 HUB_CONFIG = ROOT / "dev" / "jupyterhub_config.py"
 DEFAULT_CHP = ROOT / ".hubserve/node/node_modules/.bin/configurable-http-proxy"
 EXAMPLES = ["examples/iris/iris.py:service"]
+# The preloaded example: built from this source, deployed under this name for the admin.
+PRELOAD_SOURCE = "examples/astro/service.py:service"
+PRELOAD_DEPLOYMENT = "astro"
+PRELOAD_NOTEBOOK = ROOT / "examples/astro/astro.ipynb"
+PRELOAD_TIMEOUT = 180.0
+# The make-up service's token (see dev/jupyterhub_config.py), in <state>/hub.
+UP_TOKEN_FILE = "make-up.token"  # noqa: S105 - a file name
 MARKER = "HUBSERVE_UP_STATE"  # in the environment of every process of the stack
 HOST = "127.0.0.1"
 HUB_STOP_TIMEOUT = 30.0
@@ -191,6 +211,25 @@ def _kill_leftovers(state: Path) -> dict[int, str]:
 # -- the pieces ----------------------------------------------------------------------------
 
 
+def _secret_file(path: Path, value: str) -> None:
+    """Write ``value`` to a new file readable by this user only (fails if it exists)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(value)
+
+
+def _up_token(hub_dir: Path) -> str:
+    """The ``make-up`` service's hub token, generated on the first run and kept (mode 0600).
+
+    The hub registers it at start-up from ``dev/jupyterhub_config.py``; its only permission
+    is to issue tokens for the admin user, which :func:`_preload` needs.
+    """
+    path = hub_dir / UP_TOKEN_FILE
+    if not path.exists():
+        _secret_file(path, secrets.token_hex(32))
+    return path.read_text().strip()
+
+
 def _passwords(hub_dir: Path) -> dict[str, str]:
     """The dev authenticator's passwords, generated on the first run and kept (mode 0600)."""
     path = hub_dir / "passwords.json"
@@ -198,9 +237,7 @@ def _passwords(hub_dir: Path) -> dict[str, str]:
         return dict(json.loads(path.read_text()))
     # The shared-password authenticator wants >= 8 characters for users, >= 32 for admins.
     passwords = {"admin": secrets.token_urlsafe(24), "user": secrets.token_urlsafe(9)}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as file:
-        json.dump(passwords, file)
+    _secret_file(path, json.dumps(passwords))
     return passwords
 
 
@@ -225,26 +262,144 @@ def _push_examples(
     return refs
 
 
-class Push(threading.Thread):
-    """:func:`_push_examples` in a daemon thread, while the hub starts (it imports torch)."""
+def _build_preload(state: Path, examples: Task) -> BuiltBundle:
+    """Package the preloaded example (after the examples' push: one torch import at a time)."""
+    from model_runtime import build_bundle
 
-    def __init__(self, *args: object) -> None:
-        super().__init__(name="push-examples", daemon=True)
+    examples.join()
+    return build_bundle(str(ROOT / PRELOAD_SOURCE), output_dir=state / "builds")
+
+
+class Task(threading.Thread):
+    """``function(*args)`` in a daemon thread, while the hub starts (it imports torch).
+
+    Used for :func:`_push_examples` and :func:`_build_preload`; ``what`` names the work in
+    the error :meth:`result` raises when it failed.
+    """
+
+    def __init__(self, what: str, function: Any, *args: object) -> None:
+        super().__init__(name=what, daemon=True)
+        self.what = what
+        self._function = function
         self._args = args
-        self._refs: list[str] = []
+        self._result: Any = None
         self._error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self._refs = _push_examples(*self._args)  # type: ignore[arg-type]
+            self._result = self._function(*self._args)
         except BaseException as error:
             self._error = error
 
-    def refs(self) -> list[str]:
-        """The pushed references; raises what the push raised."""
+    def result(self) -> Any:
+        """What the function returned; raises what it raised, as an :class:`UpError`."""
+        self.join()
         if self._error is not None:
-            raise UpError(f"pushing the examples failed: {self._error!r}") from self._error
-        return self._refs
+            raise UpError(f"{self.what} failed: {self._error!r}") from self._error
+        return self._result
+
+
+# -- the preloaded example -------------------------------------------------------------------
+
+
+def _content_hash(version: str) -> str:
+    """The content part of a version, ``<UTC time>-<hash of the files>``: the same files give
+    the same hash, whenever they are packaged."""
+    return version.rpartition("-")[2]
+
+
+def _admin_token(hub: httpx.Client, admin: str) -> tuple[str, str]:
+    """A new token of ``admin`` that may only use hubserve, valid for a quarter of an hour.
+
+    hubserve resolves every caller with ``GET /hub/api/user`` and accepts user tokens only, so
+    the ``make-up`` service's own token would be refused; it may issue tokens for the admin,
+    though, and the admin's token needs nothing but ``access:services!service=hubserve``.
+    """
+    response = hub.post(
+        f"/users/{admin}/tokens",
+        json={
+            "note": "make up: preload the astro example",
+            "expires_in": 900,
+            "scopes": ["access:services!service=hubserve"],
+        },
+    )
+    if response.status_code != 201:
+        raise UpError(f"the hub refused a token for {admin!r}: {response.status_code}")
+    model = response.json()
+    return str(model["token"]), str(model["id"])
+
+
+def _preload(url: str, up_token: str, admin: str, built: BuiltBundle, timeout: float) -> str:
+    """Push and deploy the astro example for ``admin`` through hubserve; a summary line.
+
+    A short-lived admin token (:func:`_admin_token`) does the work with the same
+    :class:`~jupyter_extension.client.Client` a notebook uses, and is revoked at the end.
+    """
+    from jupyter_extension.client import Client
+
+    with httpx.Client(
+        base_url=f"{url}/hub/api", headers={"Authorization": f"token {up_token}"}, timeout=10
+    ) as hub:
+        token, token_id = _admin_token(hub, admin)
+        try:
+            with Client(f"{url}/services/hubserve/", token, timeout=60) as client:
+                return _push_and_deploy(client, admin, built, timeout)
+        finally:
+            with contextlib.suppress(httpx.HTTPError):
+                hub.delete(f"/users/{admin}/tokens/{token_id}")
+
+
+def _push_and_deploy(client: Client, admin: str, built: BuiltBundle, timeout: float) -> str:
+    """The idempotent part of :func:`_preload`.
+
+    The model: a stored version with the same content is reused, else ``built`` is pushed.
+    The deployment: created when missing; rolled only to a version pushed just now (the
+    example changed since the last run); otherwise left as it is, whatever version it runs,
+    so that what the admin did with it (a roll-back, a scale to 0) survives a restart. A
+    deployment of that name serving another model is not touched.
+    """
+    from jupyter_extension.client import NotFound
+
+    model = f"{admin}/{built.manifest.name}"
+    try:
+        versions = client.model(model).versions
+    except NotFound:
+        versions = []
+    wanted = _content_hash(built.manifest.version)
+    stored = next((v.version for v in versions if _content_hash(v.version) == wanted), None)
+    pushed = stored is None
+    version = client.push(built.archive, progress=False).version if stored is None else stored
+    key = f"{admin}/{PRELOAD_DEPLOYMENT}"
+    try:
+        deployment = client.deployment(key)
+    except NotFound:
+        deployment = client.deploy(f"{model}:{version}", name=PRELOAD_DEPLOYMENT, replicas=1)
+        how = "pushed and deployed" if pushed else "deployed"
+    else:
+        if deployment.model != model:
+            return f"{key} serves {deployment.model}: left alone, {model}:{version} not deployed"
+        if pushed and deployment.version != version:
+            how = f"pushed, rolled from {deployment.version}"
+            deployment = client.roll(key, version)
+        else:
+            how = "unchanged"
+    if deployment.replicas > 0:
+        deployment = client.wait_ready(key, timeout=timeout)
+    status = deployment.status
+    return (
+        f"{key} runs {model}:{deployment.version}, {status.ready}/{status.desired} replica(s)"
+        f" ready ({how})"
+    )
+
+
+def _offer_notebook(state: Path, admin: str) -> None:
+    """Copy the example's notebook into the admin's home, unless a copy is there already
+    (the admin's edits are kept). JupyterLab shows the home only, not the checkout."""
+    home = state / "users" / admin
+    target = home / PRELOAD_NOTEBOOK.name
+    if PRELOAD_NOTEBOOK.is_file() and not target.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PRELOAD_NOTEBOOK, target)
 
 
 def _start_hub(state: Path, log: IO[bytes], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -282,7 +437,7 @@ def _log_tail(path: Path, lines: int = 40) -> str:
 
 
 def _wait_ready(
-    url: str, hub: subprocess.Popen[bytes], pushing: Push, log: Path, timeout: float
+    url: str, hub: subprocess.Popen[bytes], pushing: Task, log: Path, timeout: float
 ) -> None:
     """Until the hub API and hubserve's healthz answer through the proxy, and the push ends."""
     deadline = time.monotonic() + timeout
@@ -363,6 +518,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=120, help="seconds to wait for the stack to be ready"
     )
+    parser.add_argument(
+        "--no-preload",
+        dest="preload",
+        action="store_false",
+        help=f"do not push and deploy the astro example ({PRELOAD_SOURCE})",
+    )
     return parser.parse_args(argv)
 
 
@@ -406,6 +567,7 @@ def _run(args: argparse.Namespace) -> int:
     _check_port(args.port, "hub", "--port", "HUBSERVE_PORT")
     _check_port(args.s3_port, "S3 server", "--s3-port", "HUBSERVE_S3_PORT")
     passwords = _passwords(hub_dir)
+    up_token = _up_token(hub_dir)
     url = f"http://{HOST}:{args.port}"
     hub_log = hub_dir / "jupyterhub.log"
 
@@ -417,8 +579,20 @@ def _run(args: argparse.Namespace) -> int:
             server.start()
             stack.callback(server.stop)
             keys = (server.access_key, server.secret_key)
-            pushing = Push(server.endpoint, keys, args.bucket, state, args.admin)
+            pushing = Task(
+                "pushing the examples",
+                _push_examples,
+                server.endpoint,
+                keys,
+                args.bucket,
+                state,
+                args.admin,
+            )
             pushing.start()
+            building = None
+            if args.preload:
+                building = Task("packaging the astro example", _build_preload, state, pushing)
+                building.start()
 
             env = {
                 **os.environ,
@@ -440,7 +614,21 @@ def _run(args: argparse.Namespace) -> int:
                 hub = _start_hub(state, log, env)
             stack.callback(_stop_hub, hub)
             _wait_ready(url, hub, pushing, hub_log, args.timeout)
-            refs = pushing.refs()
+            refs = pushing.result()
+            preloaded, preload_ok = "none (--no-preload)", False
+            if building is not None:
+                print(f"preloading the astro example ({PRELOAD_SOURCE}) ...", flush=True)
+                try:
+                    built = building.result()
+                    try:
+                        preloaded = _preload(url, up_token, args.admin, built, PRELOAD_TIMEOUT)
+                    finally:
+                        built.archive.unlink(missing_ok=True)
+                    _offer_notebook(state, args.admin)
+                    preload_ok = True
+                except Exception as error:  # the stack is still useful without it
+                    preloaded = f"NOT preloaded: {' '.join(str(error).split())}"
+                    print(f"make up: preloading the astro example failed: {error}", flush=True)
 
             env_file = state / "env"
             store_env = {
@@ -450,7 +638,19 @@ def _run(args: argparse.Namespace) -> int:
                 "HUBSERVE_S3_SECRET_KEY": server.secret_key,
             }
             env_file.write_text("".join(f"export {k}={v}\n" for k, v in store_env.items()))
-            _print_banner(args, url, state, hub_log, env_file, server.url, refs, passwords, started)
+            _print_banner(
+                args,
+                url,
+                state,
+                hub_log,
+                env_file,
+                server.url,
+                refs,
+                preloaded,
+                preload_ok,
+                passwords,
+                started,
+            )
 
             while True:
                 time.sleep(1.0)
@@ -486,10 +686,22 @@ def _print_banner(
     env_file: Path,
     s3_url: str,
     refs: list[str],
+    preloaded: str,
+    preload_ok: bool,
     passwords: dict[str, str],
     started: float,
 ) -> None:
+    """The summary and first steps; ``preloaded`` says what became of the astro example,
+    whose first step is shown when it is deployed (``preload_ok``)."""
     api = f"{url}/services/hubserve"
+    astro = (
+        f"""
+     As {args.admin!r}, the Model Serving side panel shows the preloaded deployment
+     {args.admin}/{PRELOAD_DEPLOYMENT}, and {PRELOAD_NOTEBOOK.name} in the home walks through
+     the astro example: generate radio-sky images, segment one, then a folder as a batch job."""
+        if preload_ok
+        else ""
+    )
     models = "\n".join(("                " if i else "") + r for i, r in enumerate(refs))
     print(
         f"""
@@ -502,14 +714,16 @@ hubserve is up at {url} ({time.monotonic() - started:.1f} s)
   hubserve      {api}/   (API docs: {api}/docs; data in {_show(state / "service")})
   model store   {s3_url}  bucket '{args.bucket}'  (SeaweedFS, data in {_show(state / "s3")})
   models        {models}
+  deployment    {preloaded}
 
 First steps:
-  1. Open {url} and log in: JupyterLab starts (home: {_show(state / "users")}/<name>).
-  2. Get an API token at {url}/hub/token (as {args.admin!r}, who owns the example), then:
+  1. Open {url} and log in: JupyterLab starts (home: {_show(state / "users")}/<name>).{astro}
+  2. Get an API token at {url}/hub/token (as {args.admin!r}, who owns the examples), then:
        export TOKEN=<the token>
        curl -H "Authorization: token $TOKEN" {api}/api/me
        curl -H "Authorization: token $TOKEN" {api}/api/models
-  3. Deploy the example, wait for "phase": "ready", call it:
+       curl -H "Authorization: token $TOKEN" {api}/api/deployments/{args.admin}/{PRELOAD_DEPLOYMENT}
+  3. Deploy the iris example, wait for "phase": "ready", call it:
        curl -H "Authorization: token $TOKEN" -H "Content-Type: application/json" \\
             -d '{{"model": "iris"}}' {api}/api/deployments
        curl -H "Authorization: token $TOKEN" {api}/api/deployments/{args.admin}/iris

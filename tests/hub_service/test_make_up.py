@@ -2,20 +2,28 @@
 
 The whole stack starts (SeaweedFS, JupyterHub with configurable-http-proxy, the hubserve
 service, a JupyterLab single-user server on demand); the ready line comes once the hub API
-and hubserve's ``healthz`` answer through the proxy; users log in with the dev passwords and
-get tokens; the admin deploys the pushed example and calls it; a user starts a JupyterLab
-server. SIGINT then stops everything: no process of the stack may remain (by command line,
-working directory or the stack's environment marker; replicas and the zygote included), and
-the public ports are free again. A second run on the same state is refused, and a run after
-a ``kill -9`` stops what the killed one left behind.
+and hubserve's ``healthz`` answer through the proxy and the preloaded astro example is
+deployed and ready (it answers ``segment`` at once, and the token make up used for it is
+revoked); users log in with the dev passwords and get tokens; the admin deploys the pushed
+iris example and calls it; a user starts a JupyterLab server. SIGINT then stops everything:
+no process of the stack may remain (by command line, working directory or the stack's
+environment marker; replicas and the zygote included), and the public ports are free again.
+A second run on the same state is refused, and a run after a ``kill -9`` stops what the
+killed one left behind, and finds the astro deployment in place (nothing pushed, nothing
+rolled). The preload's rules themselves (reuse a stored version of the same content, roll
+only to a changed example, keep what the owner chose, leave another model's deployment
+alone) are tested on the shared live hub, through ``dev/up.py``'s ``_push_and_deploy``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import io
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,13 +32,19 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import httpx
+import numpy as np
 import pytest
 
-from .conftest import REPO, chp_path, free_port
+from jupyter_extension.client import Client
+from model_runtime import build_bundle
+
+from .conftest import REPO, Hub, chp_path, free_port
 
 UP = REPO / "dev" / "up.py"
+ASTRO = REPO / "examples" / "astro"
 READY = "hubserve is up at "
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
@@ -194,6 +208,10 @@ def test_make_up_starts_the_stack_and_sigint_stops_all_of_it(stack: Stack) -> No
     assert url in ready
     output.wait_for("Ctrl-C stops everything", 10)
     assert "/iris:" in output.text  # the example model was pushed
+    assert "boss/astro runs boss/astro-segmenter:" in output.text
+    assert "1/1 replica(s) ready (pushed and deployed)" in output.text
+    assert "NOT preloaded" not in output.text
+    assert (state / "users" / "boss" / "astro.ipynb").is_file()  # the notebook, for Lab
     passwords = json.loads((state / "hub" / "passwords.json").read_text())
     assert passwords["user"] in output.text
     assert passwords["admin"] in output.text
@@ -215,11 +233,32 @@ def test_make_up_starts_the_stack_and_sigint_stops_all_of_it(stack: Stack) -> No
     me = httpx.get(f"{url}/services/hubserve/api/me", headers=admin, timeout=10)
     assert me.json()["admin"] is True
 
-    # The admin owns the pushed example: deploys it (local backend) and calls it.
+    # The preloaded astro example: deployed by the admin, ready, and it segments an image.
     api = f"{url}/services/hubserve/api"
+    astro = httpx.get(f"{api}/deployments/boss/astro", headers=admin, timeout=10)
+    assert astro.status_code == 200, astro.text
+    assert astro.json()["model"] == "boss/astro-segmenter"
+    assert astro.json()["created_by"] == "boss"
+    assert astro.json()["status"]["phase"] == "ready"
+    mask = _segment(url, admin, np.random.default_rng(0).normal(size=(2, 64, 96)))
+    assert mask.shape == (2, 64, 96)
+    assert mask.dtype == np.uint8
+    assert int(mask.max()) < 4  # background, point, extended, artefact
+    # The token make up got for it is gone; its own service token cannot use hubserve.
+    tokens = httpx.get(f"{url}/hub/api/users/boss/tokens", headers=admin, timeout=10).json()
+    assert not [t for t in tokens["api_tokens"] if "preload" in (t["note"] or "")], tokens
+    up_token = (state / "hub" / "make-up.token").read_text().strip()
+    refused = httpx.get(
+        f"{api}/me", headers={"Authorization": f"token {up_token}"}, timeout=10
+    ).status_code
+    assert refused == 403
+
+    # The admin owns the pushed example: deploys it (local backend) and calls it.
     models = httpx.get(f"{api}/models", headers=admin, timeout=10)
     assert models.status_code == 200, models.text
-    assert {"owner": "boss", "name": "iris"}.items() <= models.json()[0].items()
+    assert {("boss", "iris"), ("boss", "astro-segmenter")} <= {
+        (m["owner"], m["name"]) for m in models.json()
+    }
     created = httpx.post(
         f"{api}/deployments", headers=admin, json={"model": "iris", "replicas": 1}, timeout=60
     )
@@ -303,6 +342,9 @@ def test_make_up_runs_once_per_state_and_cleans_up_after_a_crash(stack: Stack) -
     again, output = stack.start()
     output.wait_for(READY, READY_TIMEOUT)
     assert "left over by an earlier run" in output.text
+    # The astro deployment came back with the service: make up pushed and rolled nothing.
+    output.wait_for("Ctrl-C stops everything", 10)
+    assert "1/1 replica(s) ready (unchanged)" in output.text, output.text
     assert not set(orphans) & set(_stack_processes(stack.state))
     assert httpx.get(f"{stack.url}/services/hubserve/healthz", timeout=10).status_code == 200
 
@@ -331,3 +373,84 @@ def test_make_up_refuses_a_taken_port(tmp_path: Path) -> None:
     assert f"port {port} (hub) is already in use" in result.stderr
     assert "--port" in result.stderr
     assert not _stack_processes(tmp_path / "state")
+
+
+# -- the preload's rules, on the shared live hub ----------------------------------------------
+
+
+def _segment(url: str, auth: dict[str, str], images: np.ndarray) -> np.ndarray:
+    """Masks from the preloaded deployment's ``segment`` API (arrays travel as .npy)."""
+    body = io.BytesIO()
+    np.save(body, images.astype(np.float32))
+    response = httpx.post(
+        f"{url}/services/hubserve/d/boss/astro/segment",
+        headers={**auth, "Content-Type": "application/x-npy"},
+        content=body.getvalue(),
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    return np.asarray(np.load(io.BytesIO(response.content), allow_pickle=False))
+
+
+def _up_module() -> ModuleType:
+    """``dev/up.py`` imported as a module (it is a script, not part of a package)."""
+    spec = importlib.util.spec_from_file_location("hubserve_dev_up", UP)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(300)
+def test_preload_is_idempotent_and_rolls_to_a_changed_example(hub: Hub, tmp_path: Path) -> None:
+    up = _up_module()
+    owner = hub.create_user("preload")
+    token, _ = hub.create_token(owner, scopes=["access:services!service=hubserve"])
+    key = f"{owner}/astro"
+    changed = tmp_path / "astro"
+    shutil.copytree(ASTRO, changed, ignore=shutil.ignore_patterns("__pycache__", "*.ipynb"))
+    with (changed / "service.py").open("a") as file:  # a changed example: one more API
+        file.write(
+            '\n\n@service.api(input="json", output="json")\n'
+            "def edition(_: object) -> str:\n"
+            '    return "changed"\n'
+        )
+    with Client(hub.service_url, token) as client:
+        first = build_bundle(str(ASTRO / "service.py:service"), output_dir=tmp_path)
+        line = up._push_and_deploy(client, owner, first, 120)
+        assert line.startswith(f"{key} runs {owner}/astro-segmenter:{first.manifest.version},")
+        assert line.endswith("1/1 replica(s) ready (pushed and deployed)")
+
+        # The same example packaged again (a new version name, the same files): nothing
+        # pushed, nothing rolled.
+        again = build_bundle(str(ASTRO / "service.py:service"), output_dir=tmp_path)
+        assert again.manifest.version != first.manifest.version
+        line = up._push_and_deploy(client, owner, again, 120)
+        assert line.endswith("(unchanged)"), line
+        assert len(client.model(f"{owner}/astro-segmenter").versions) == 1
+
+        # A changed example is pushed, and the deployment rolls to it.
+        newer = build_bundle(str(changed / "service.py:service"), output_dir=tmp_path)
+        line = up._push_and_deploy(client, owner, newer, 120)
+        assert f"(pushed, rolled from {first.manifest.version})" in line, line
+        deployment = client.deployment(key)
+        assert deployment.version == newer.manifest.version
+        assert deployment.status.settled
+
+        # What the owner chose is kept: rolled back by hand, it stays there.
+        client.rollback(key, wait=True, timeout=120)
+        line = up._push_and_deploy(client, owner, newer, 120)
+        assert line.endswith("(unchanged)"), line
+        assert client.deployment(key).version == first.manifest.version
+
+        # A deployment of that name serving another model is left alone.
+        client.undeploy(key)
+        client.push(str(REPO / "examples/iris/iris.py:service"), progress=False)
+        client.deploy(f"{owner}/iris", name="astro", wait=True, timeout=120)
+        line = up._push_and_deploy(client, owner, newer, 120)
+        assert line == (
+            f"{key} serves {owner}/iris: left alone,"
+            f" {owner}/astro-segmenter:{newer.manifest.version} not deployed"
+        )
+        client.undeploy(key)
