@@ -10,59 +10,19 @@ loopback, with a user and a password, as a NextCloud-style WebDAV share.
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cheroot import wsgi
-from wsgidav.fs_dav_provider import FilesystemProvider
-from wsgidav.wsgidav_app import WsgiDAVApp
 
 from model_runtime.testing.s3server import S3Server
+from tests.webdav_server import webdav
+
+__all__ = ["webdav"]  # the shared fixture (tests/webdav_server.py)
 
 ASTRO_DIR = Path(__file__).resolve().parents[2] / "examples" / "astro"
 if str(ASTRO_DIR) not in sys.path:
     sys.path.insert(0, str(ASTRO_DIR))
-
-
-@dataclass(frozen=True)
-class WebDAVServer:
-    root: Path
-    host: str
-    port: int
-    user: str
-    password: str
-
-    def uri(self, path: str) -> str:
-        """A ``webdav://`` URI with the credentials in its userinfo, as a user pastes it."""
-        return f"webdav://{self.user}:{self.password}@{self.host}:{self.port}/{path}"
-
-
-@pytest.fixture
-def webdav(tmp_path: Path) -> Iterator[WebDAVServer]:
-    """WsgiDAV on a temporary directory, user ``alice``, on a free loopback port."""
-    root = tmp_path / "dav"
-    root.mkdir()
-    app = WsgiDAVApp(
-        {
-            "provider_mapping": {"/": FilesystemProvider(str(root))},
-            "simple_dc": {"user_mapping": {"*": {"alice": {"password": "dav-pass-1234"}}}},
-            "dir_browser": {"enable": False},
-            "verbose": 1,
-            "logging": {"enable": False},
-        }
-    )
-    server = wsgi.Server(("127.0.0.1", 0), app, numthreads=4)
-    server.prepare()
-    thread = threading.Thread(target=server.serve, name="webdav", daemon=True)
-    thread.start()
-    try:
-        yield WebDAVServer(root, "127.0.0.1", server.bind_addr[1], "alice", "dav-pass-1234")
-    finally:
-        server.stop()
-        thread.join(10)
 
 
 @pytest.fixture(scope="session")

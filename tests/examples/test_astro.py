@@ -26,8 +26,9 @@ from PIL import Image
 from model_runtime import BuiltBundle, build_bundle, load_bundle
 from model_runtime.runtime import Runtime, RuntimeSettings, create_app
 from model_runtime.testing.s3server import S3Server
+from tests.webdav_server import WebDAVServer
 
-from .conftest import ASTRO_DIR, WebDAVServer
+from .conftest import ASTRO_DIR
 
 # The example's modules, importable thanks to the conftest (they live outside any package).
 import catalogue  # isort: skip
@@ -510,7 +511,11 @@ def test_segment_folder_job_from_webdav_to_webdav(
         (inbox / name).write_bytes((fields / name).read_bytes())
     add_bad_files(inbox)
 
-    status, _ = run_job(client, webdav.uri("survey/in"), webdav.uri("survey/out"))
+    status, _ = run_job(
+        client,
+        webdav.uri("survey/in", with_password=True),
+        webdav.uri("survey/out", with_password=True),
+    )
 
     check_job(status, images)
     assert webdav.password not in json.dumps(status)

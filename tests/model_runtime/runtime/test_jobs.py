@@ -15,17 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from cheroot import wsgi
 from minio import Minio
-from wsgidav.fs_dav_provider import FilesystemProvider
-from wsgidav.wsgidav_app import WsgiDAVApp
 
 from model_runtime.runtime._jobs import JobError, JobManager, JobState, JobStatus
 from model_runtime.runtime._locations import (
@@ -36,8 +32,11 @@ from model_runtime.runtime._locations import (
     open_location,
 )
 from model_runtime.testing.s3server import S3Server
+from tests.webdav_server import WebDAVServer, webdav
 
 from ..conftest import S3Target
+
+__all__ = ["webdav"]  # the fixture, used by tests below
 
 FINAL_STATES = {
     JobState.SUCCEEDED,
@@ -46,47 +45,6 @@ FINAL_STATES = {
     JobState.CANCELLED,
 }
 CORRUPT = b"CORRUPT"
-
-
-# -- a real WebDAV server -------------------------------------------------------------------
-
-
-@dataclass
-class WebDAVServer:
-    root: Path
-    host: str
-    port: int
-    user: str
-    password: str
-
-    def uri(self, path: str, *, with_password: bool = False) -> str:
-        userinfo = f"{self.user}:{self.password}@" if with_password else ""
-        return f"webdav://{userinfo}{self.host}:{self.port}/{path}"
-
-
-@pytest.fixture
-def webdav(tmp_path: Path) -> Iterator[WebDAVServer]:
-    """WsgiDAV on a temporary directory, user ``alice``, on a free loopback port."""
-    root = tmp_path / "dav"
-    root.mkdir()
-    app = WsgiDAVApp(
-        {
-            "provider_mapping": {"/": FilesystemProvider(str(root))},
-            "simple_dc": {"user_mapping": {"*": {"alice": {"password": "dav-pass-1234"}}}},
-            "dir_browser": {"enable": False},
-            "verbose": 1,
-            "logging": {"enable": False},
-        }
-    )
-    server = wsgi.Server(("127.0.0.1", 0), app, numthreads=4)
-    server.prepare()
-    thread = threading.Thread(target=server.serve, name="webdav", daemon=True)
-    thread.start()
-    try:
-        yield WebDAVServer(root, "127.0.0.1", server.bind_addr[1], "alice", "dav-pass-1234")
-    finally:
-        server.stop()
-        thread.join(10)
 
 
 # -- path APIs and helpers ------------------------------------------------------------------
