@@ -118,6 +118,12 @@ class HubServiceSettings(BaseSettings):
     session_max_age: int = Field(14 * 24 * 3600, gt=0)
     oauth_state_max_age: int = Field(600, gt=0)
     hub_timeout: float = Field(10.0, gt=0)
+    hub_outage_grace: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds a token the hub accepted keeps working while the hub cannot be "
+        "asked (a hub restart); 0 disables.",
+    )
     data_dir: Path = Field(
         default_factory=lambda: default_home() / "service",
         description="The service's own files: database (SQLite), replica logs, bundle cache.",
@@ -127,11 +133,25 @@ class HubServiceSettings(BaseSettings):
         None, description="SQLAlchemy URL of the metadata DB (default: SQLite in data_dir)."
     )
     backend: Literal["local", "kubernetes"] = "local"
+    job_locations: list[str] = Field(
+        default_factory=list,
+        description="Folders and URI prefixes (/srv/jobs, s3://bucket/jobs, webdav://host/x) "
+        "below which every batch job of every deployment must read and write; empty: any "
+        "location the runtime can reach (JSON list in HUBSERVE_JOB_LOCATIONS).",
+    )
     limits: ServiceLimits = Field(default_factory=ServiceLimits)
     gateway_timeout: float = Field(
         300.0, gt=0, description="Seconds the gateway waits for a replica's answer."
     )
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to a replica.")
+    gateway_rate_limit: float = Field(
+        100.0,
+        ge=0,
+        description="Gateway calls per second per hub user (a token bucket); 0 disables.",
+    )
+    gateway_rate_burst: int = Field(
+        200, gt=0, description="Gateway calls a user may make at once (the bucket's size)."
+    )
     public_url: str = Field(
         "",
         description="Origin at which callers reach the hub (for deployment URLs in answers); "

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from model_runtime import __version__
 from model_runtime.store import Store, StoreSettings, open_store
 
+from ._responses import AUTH_ERRORS, error_responses
 from ._settings import HubServiceSettings
 from ._state import ServiceState
 from .auth import HubAuthenticator, HubUser, LoginRequired, require_user
@@ -58,8 +59,10 @@ def make_backend(settings: HubServiceSettings, store: Store) -> Backend:
                 "the kubernetes deploy backend needs the kubernetes client:"
                 f" pip install 'hubserve[kubernetes]' ({exc})"
             ) from exc
-        return KubernetesBackend(KubernetesSettings(), settings.store)
-    return LocalBackend(store, settings.data_dir)
+        return KubernetesBackend(
+            KubernetesSettings(), settings.store, job_locations=settings.job_locations
+        )
+    return LocalBackend(store, settings.data_dir, job_locations=settings.job_locations)
 
 
 class Health(BaseModel):
@@ -110,6 +113,7 @@ def create_app(
         ),
         docs_url=f"{prefix}/docs",
         redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,  # FastAPI's default is outside the prefix
         openapi_url=f"{prefix}/openapi.json",
         lifespan=lifespan,
     )
@@ -128,7 +132,7 @@ def create_app(
     async def healthz() -> Health:
         return Health(status="ok", version=__version__)
 
-    @router.get("/api/me", tags=["auth"])
+    @router.get("/api/me", tags=["auth"], responses=error_responses(*AUTH_ERRORS))
     async def me(user: Annotated[HubUser, Depends(require_user)]) -> HubUser:
         """The hub identity of the caller."""
         return user

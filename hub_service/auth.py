@@ -13,6 +13,15 @@ Concepts:
   a short TTL (~60 s, so a revoked token stops working within a minute), rejected ones only
   for a few seconds (so a user who just created a token is not locked out). Both caches are
   bounded. An unreachable hub is a 503, and is never cached.
+* **Hub outages.** The hub restarts (upgrades, a rescheduled pod) while this service keeps
+  running behind the proxy. So that callers do not notice, a token the hub accepted within
+  the last ``hub_outage_grace`` seconds (default 300; 0 disables) keeps working while the hub
+  cannot be asked — logged once per outage. The grace counts from the hub's last answer, so
+  it is never extended without the hub, and never applies to a token the hub refused. Once
+  the hub answers again every token is revalidated at the end of its TTL as usual: a token
+  revoked during the outage is refused within ``positive_ttl`` of the hub's return. Tokens
+  never seen before get the 503. During an outage the hub is asked at most once a second (a
+  hub that hangs until ``hub_timeout`` would otherwise hold up every call).
 * **Authorization.** A token may use this service only if its scopes grant
   ``access:services!service=<name>``: held as is, or as the unfiltered ``access:services``
   (see :func:`has_scope`). Being a hub admin grants nothing by itself; admins pass because
@@ -46,6 +55,8 @@ log = logging.getLogger(__name__)
 V = TypeVar("V")
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{8,512}")
+#: Seconds between attempts to reach the hub while it is out (others use the grace at once).
+OUTAGE_RECHECK = 1.0
 
 
 class HubUser(BaseModel):
@@ -145,6 +156,9 @@ class TTLCache(Generic[V]):
         while len(self._entries) > self.maxsize:
             self._entries.popitem(last=False)
 
+    def discard(self, key: str) -> None:
+        self._entries.pop(key, None)
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -193,6 +207,14 @@ class HubAuthenticator:
             settings.cache_size, settings.positive_ttl, clock
         )
         self._rejected: TTLCache[bool] = TTLCache(settings.cache_size, settings.negative_ttl, clock)
+        #: Users by token key, kept ``hub_outage_grace`` seconds after the hub last accepted
+        #: the token: what a hub outage falls back on.
+        self._confirmed: TTLCache[HubUser] = TTLCache(
+            settings.cache_size, settings.hub_outage_grace, clock
+        )
+        self._in_outage = False
+        self._hub_failed_at = 0.0
+        self._clock = clock
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -210,13 +232,40 @@ class HubAuthenticator:
             return user
         if self._rejected.get(key):
             raise TokenRejected
+        if self._in_outage and self._clock() - self._hub_failed_at < OUTAGE_RECHECK:
+            return self._during_outage(key)  # a hub that hangs would make every call wait
         try:
             user = await self._ask_hub(token)
         except TokenRejected:
+            self._hub_is_back()
+            self._confirmed.discard(key)
             self._rejected.set(key, True)
             raise
+        except HubUnavailable:
+            self._hub_failed_at = self._clock()
+            return self._during_outage(key)
+        self._hub_is_back()
         self._accepted.set(key, user)
+        self._confirmed.set(key, user)
         return user
+
+    def _during_outage(self, key: str) -> HubUser:
+        """The user the hub confirmed for ``key`` within the grace period, else 503."""
+        user = self._confirmed.get(key)
+        if user is None:
+            raise HubUnavailable
+        if not self._in_outage:
+            self._in_outage = True
+            log.warning(
+                "the hub is not reachable: accepting tokens it confirmed in the last %.0f s",
+                self.settings.hub_outage_grace,
+            )
+        return user
+
+    def _hub_is_back(self) -> None:
+        if self._in_outage:
+            self._in_outage = False
+            log.info("the hub answers again: tokens are revalidated as usual")
 
     async def _ask_hub(self, token: str) -> HubUser:
         try:

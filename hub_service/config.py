@@ -10,7 +10,13 @@ What it configures, and why:
   an API token (which is also its OAuth client secret) and the ``JUPYTERHUB_*`` environment.
   hubserve's own settings (store, database, backend, limits) travel as ``HUBSERVE_*``
   variables. ``oauth_no_confirm`` is set: the service is part of the hub, so users are not
-  asked to confirm each browser login.
+  asked to confirm each browser login. A managed service stops and starts with the hub.
+* **Or an external service**, with ``api_token=``: the hub only registers it (URL, token) and
+  routes to it; you run ``python -m hub_service`` yourself (its own pod, a systemd unit) with
+  that token in ``JUPYTERHUB_API_TOKEN`` and its settings in its own environment. Deployments
+  then keep serving while the hub restarts, and callers are authenticated from what the hub
+  said before (``HUBSERVE_HUB_OUTAGE_GRACE``, see :mod:`hub_service.auth`). This is the
+  topology of Zero to JupyterHub, where hub, proxy and services are separate pods.
 * **The service role** ``<name>-service``, holding ``service_scopes``, and by default no
   role at all: the service resolves every caller by asking the hub about the *caller's*
   token (``GET /hub/api/user`` answers for any token), and the OAuth code exchange is
@@ -139,6 +145,7 @@ def configure_jupyterhub(
     limits: Mapping[str, int] | ServiceLimits | None = None,
     service_scopes: Sequence[str] = (),
     extra_env: Mapping[str, str] | None = None,
+    api_token: str | None = None,
 ) -> None:
     """Register hubserve with the JupyterHub config ``c`` (see the module docstring).
 
@@ -149,22 +156,34 @@ def configure_jupyterhub(
     default ``$HUBSERVE_HOME/service``);
     ``limits`` the fields of :class:`~hub_service._settings.ServiceLimits`; ``public_url``
     the hub's public URL, if single-user servers should reach hubserve through it.
+    ``api_token`` makes it an external service, which the hub does not start: the service's
+    settings are then those of its own environment, not these arguments.
     """
     if backend not in ("local", "kubernetes"):
         raise ValueError(f"unknown backend {backend!r}: use 'local' or 'kubernetes'")
+    if api_token is not None and any(
+        given is not None for given in (store, database_url, data_dir, limits, extra_env)
+    ):
+        raise ValueError(
+            "an external service (api_token=...) reads its settings from its own environment:"
+            " pass store, database_url, data_dir, limits and extra_env to it, not here"
+        )
     scope = access_scope(name)
     hub = c.JupyterHub
     spawner = c.Spawner
 
-    service = {
+    service: dict[str, Any] = {
         "name": name,
         "url": f"http://{host}:{port}",
-        "command": [sys.executable, "-m", "hub_service"],
-        "environment": _service_environment(
-            store, database_url, data_dir, backend, limits, extra_env
-        ),
         "oauth_no_confirm": True,
     }
+    if api_token is None:
+        service["command"] = [sys.executable, "-m", "hub_service"]
+        service["environment"] = _service_environment(
+            store, database_url, data_dir, backend, limits, extra_env
+        )
+    else:
+        service["api_token"] = api_token
     services = [s for s in _current(hub, "services", []) or [] if s.get("name") != name]
     hub.services = [*services, service]
 

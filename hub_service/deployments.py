@@ -20,11 +20,11 @@ deployment uses, unless forced.
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -34,6 +34,7 @@ from model_runtime.errors import InvalidNameError
 from model_runtime.naming import ModelRef, check_model_name
 from model_runtime.runtime import BatchingOverride
 
+from ._responses import AUTH_ERRORS, error_responses
 from ._state import Route, ServiceState, get_state
 from ._store_calls import store_call
 from .access import Grants, can_call, owner_for, require_manage
@@ -41,7 +42,11 @@ from .auth import HubUser, require_user
 from .backends import DeploymentSpec, DeploymentStatus, LogChunk
 from .db import Deployment, Revision, utcnow
 
-router = APIRouter(prefix="/api/deployments", tags=["deployments"])
+router = APIRouter(
+    prefix="/api/deployments",
+    tags=["deployments"],
+    responses=error_responses(*AUTH_ERRORS, 422),
+)
 
 User = Annotated[HubUser, Depends(require_user)]
 State = Annotated[ServiceState, Depends(get_state)]
@@ -97,12 +102,20 @@ class ApiInfo(BaseModel):
     doc: str = ""
 
 
+def _as_utc(value: datetime) -> datetime:
+    """Times are stored in UTC, but SQLite hands them back without their zone: put it back."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+UTCDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
 class RevisionInfo(BaseModel):
     number: int
     version: str
     selector: str
     created_by: str
-    created_at: datetime
+    created_at: UTCDatetime
 
 
 class DeploymentInfo(BaseModel):
@@ -118,8 +131,8 @@ class DeploymentInfo(BaseModel):
     access: Grants
     generation: int
     created_by: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: UTCDatetime
+    updated_at: UTCDatetime
     apis: list[ApiInfo]
     revisions: list[RevisionInfo]
     status: DeploymentStatus
@@ -260,7 +273,7 @@ def _add_revision(row: Deployment, version: str, selector: str, by: str) -> None
 # -- routes ---------------------------------------------------------------------------------
 
 
-@router.get("")
+@router.get("", responses=error_responses(422))
 async def list_deployments(
     user: User, state: State, owner: Annotated[str | None, Query()] = None
 ) -> list[DeploymentInfo]:
@@ -277,7 +290,7 @@ async def list_deployments(
     return [await info_of(state, row) for row in visible]
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=error_responses(400, 404, 409, 422))
 async def create_deployment(
     body: DeploymentCreate, user: User, state: State, response: Response
 ) -> DeploymentInfo:
@@ -326,13 +339,13 @@ async def create_deployment(
     return await info_of(state, row)
 
 
-@router.get("/{owner}/{name}")
+@router.get("/{owner}/{name}", responses=error_responses(404, 422))
 async def get_deployment(owner: str, name: str, user: User, state: State) -> DeploymentInfo:
     """A deployment's settings, revisions and live status (owner, admins, granted users)."""
     return await info_of(state, await _visible_row(state, user, owner, name))
 
 
-@router.patch("/{owner}/{name}")
+@router.patch("/{owner}/{name}", responses=error_responses(400, 404, 409, 422))
 async def update_deployment(
     owner: str, name: str, body: DeploymentPatch, user: User, state: State
 ) -> DeploymentInfo:
@@ -397,7 +410,7 @@ async def update_deployment(
     return await info_of(state, row)
 
 
-@router.delete("/{owner}/{name}", status_code=204)
+@router.delete("/{owner}/{name}", status_code=204, responses=error_responses(404, 422))
 async def delete_deployment(owner: str, name: str, user: User, state: State) -> None:
     """Stop every replica (in-flight requests finish) and forget the deployment."""
     require_manage(user, owner, f"deployment {owner}/{name}")
@@ -416,7 +429,7 @@ async def delete_deployment(owner: str, name: str, user: User, state: State) -> 
         await state.db.run(delete)
 
 
-@router.get("/{owner}/{name}/logs")
+@router.get("/{owner}/{name}/logs", responses=error_responses(404, 422))
 async def deployment_logs(
     owner: str,
     name: str,

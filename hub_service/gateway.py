@@ -1,9 +1,12 @@
 """The prediction gateway: ``ANY {prefix}d/<owner>/<name>/<path>`` → a replica's ``/<path>``.
 
 Every call is authenticated like any other route (hub token or browser session, through the
-same :func:`hub_service.auth.require_user`), then authorized against the deployment's grants
-(:func:`hub_service.access.can_call`: owner, admins, granted users and groups, or every hub
-user when public). The gateway then picks the ready replica with the fewest requests in flight
+same :func:`hub_service.auth.require_user`), rate-limited per hub user (a token bucket shared
+by all the user's tokens, :mod:`hub_service._rate_limit`: 429 with ``Retry-After`` beyond
+``HUBSERVE_GATEWAY_RATE_LIMIT`` calls per second and ``HUBSERVE_GATEWAY_RATE_BURST`` at once),
+then authorized against the deployment's grants (:func:`hub_service.access.can_call`: owner,
+admins, granted users and groups, or every hub user when public). The gateway then picks
+the ready replica with the fewest requests in flight
 (:meth:`hub_service.backends.Backend.choose`) and forwards the request — method, path below
 the deployment, query, body, headers — and relays the answer. Runtime APIs, Open Inference
 Protocol v2 routes (``v2/...``) and batch-job routes (``jobs/...``) all pass through unchanged.
@@ -11,7 +14,10 @@ Protocol v2 routes (``v2/...``) and batch-job routes (``jobs/...``) all pass thr
 What does *not* pass: the caller's credentials. ``Authorization`` and ``Cookie`` headers are
 dropped (a model's code never sees a hub token) and replaced by the deployment's secret in
 ``x-hubserve-token``, the only thing runtimes accept; ``x-hubserve-user`` tells the runtime
-who called. Hop-by-hop headers are dropped both ways, and so is ``Set-Cookie`` from runtimes.
+who called. Tokens are never accepted in URLs, and ``token`` / ``access_token`` query
+parameters (where other Jupyter services take them) are dropped too, so a token pasted into a
+URL by mistake never reaches a replica. Hop-by-hop headers are dropped both ways, and so is
+``Set-Cookie`` from runtimes.
 
 Speed matters here: every prediction pays this hop. So the gateway is plain ASGI in front of
 FastAPI's routing (:class:`GatewayMiddleware`), with an aiohttp connection pool to the
@@ -44,6 +50,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._rate_limit import RateLimiter, retry_after
 from ._state import Route, ServiceState
 from .access import can_call
 from .auth import HubUser, LoginRequired, require_user
@@ -51,6 +58,9 @@ from .backends import Endpoint
 from .oauth import login_required_handler
 
 log = logging.getLogger("hubserve.gateway")
+
+#: Query parameters that carry tokens elsewhere in Jupyter: never forwarded.
+_TOKEN_PARAMS = frozenset({"token", "access_token"})
 
 #: Bodies up to this size with a known length are read whole (requests: replayable).
 WHOLE_BODY = 1024 * 1024
@@ -113,6 +123,12 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         #: ``(owner/name, job id)`` → the replica running the job (jobs live in its memory).
         self._jobs: OrderedDict[tuple[str, str], str] = OrderedDict()
+        settings = state.settings
+        self.limiter = (
+            RateLimiter(settings.gateway_rate_limit, settings.gateway_rate_burst)
+            if settings.gateway_rate_limit > 0
+            else None
+        )
 
     async def start(self) -> None:
         settings = self.state.settings
@@ -141,6 +157,7 @@ class Gateway:
         request = Request(scope, receive)
         try:
             user = await require_user(request)
+            self._limit(user)
             route = self._route(user, owner, name)
         except HTTPException as exc:
             await _error(exc.status_code, str(exc.detail), exc.headers)(scope, receive, send)
@@ -148,7 +165,7 @@ class Gateway:
         except LoginRequired as exc:
             await (await login_required_handler(request, exc))(scope, receive, send)
             return
-        query = scope.get("query_string", b"").decode("latin-1")
+        query = _without_tokens(scope.get("query_string", b"").decode("latin-1"))
         target = "/" + path + (f"?{query}" if query else "")
         client = scope["client"][0] if scope.get("client") else ""
         headers = upstream_headers(scope["headers"], client, user, route.secret)
@@ -156,6 +173,18 @@ class Gateway:
             await self._forward(scope, receive, send, owner, name, target, headers)
         except _ClientGone:
             log.info("a caller of %s/%s left before sending its whole request", owner, name)
+
+    def _limit(self, user: HubUser) -> None:
+        if self.limiter is None:
+            return
+        wait = self.limiter.acquire(user.name)
+        if wait:
+            raise HTTPException(
+                429,
+                f"{user.name} calls deployments faster than"
+                f" {self.limiter.rate:g} per second: retry later",
+                headers={"Retry-After": retry_after(wait)},
+            )
 
     def _route(self, user: HubUser, owner: str, name: str) -> Route:
         route = self.state.routes.get(f"{owner}/{name}")
@@ -187,10 +216,11 @@ class Gateway:
         job = _job_id(target)
         prefer = self._jobs.get((key, job)) if job else None
         attempts = 1 + (RETRIES if whole else 0)
+        refused: set[str] = set()
         for attempt in range(attempts):
-            endpoint = self.state.backend.choose(owner, name, prefer)
+            endpoint = self.state.backend.choose(owner, name, prefer, refused)
             if endpoint is None:
-                await self._unavailable(owner, name)(scope, receive, send)
+                await self._unavailable(owner, name, bool(refused))(scope, receive, send)
                 return
             endpoint.acquire()
             try:
@@ -202,12 +232,14 @@ class Gateway:
                     allow_redirects=False,
                 )
             except aiohttp.ClientConnectorError:
+                # Nothing reached the replica (it just died): another may take the call, and
+                # if none does, the caller may safely send it again.
                 endpoint.release()
+                refused.add(endpoint.id)
                 if attempt + 1 < attempts:
                     continue
                 log.warning("no replica of %s/%s accepted the connection", owner, name)
-                response = _error(502, f"the replicas of {owner}/{name} did not accept the call")
-                await response(scope, receive, send)
+                await self._unavailable(owner, name, True)(scope, receive, send)
                 return
             except asyncio.TimeoutError:
                 endpoint.release()
@@ -269,11 +301,13 @@ class Gateway:
         while len(self._jobs) > MAX_JOBS:
             self._jobs.popitem(last=False)
 
-    def _unavailable(self, owner: str, name: str) -> Response:
+    def _unavailable(self, owner: str, name: str, refused: bool = False) -> Response:
+        """503 + ``Retry-After``: nothing reached a replica, so the call can be sent again."""
         status = self.state.backend.status(owner, name)
         detail = (
             f"deployment {owner}/{name} has no ready replica"
-            f" ({status.phase}: {status.ready}/{status.desired} ready)"
+            f" ({status.phase}: {status.ready}/{status.desired} ready"
+            f"{'; a replica refused the connection' if refused else ''})"
         )
         if status.message:
             detail += f": {status.message}"
@@ -331,3 +365,15 @@ async def _stream_body(receive: Receive) -> AsyncIterator[bytes]:
 
 class _ClientGone(Exception):
     """The caller disconnected before its request body was complete."""
+
+
+def _without_tokens(query: str) -> str:
+    """``query`` minus any :data:`_TOKEN_PARAMS` (checked cheaply first: the common case)."""
+    if "token" not in query.lower() and "%" not in query:
+        return query
+    kept = [
+        part
+        for part in query.split("&")
+        if unquote(part.partition("=")[0]).lower() not in _TOKEN_PARAMS
+    ]
+    return "&".join(kept)

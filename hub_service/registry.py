@@ -39,6 +39,7 @@ Concepts:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -71,6 +72,7 @@ from model_runtime.naming import (
 )
 from model_runtime.store import ModelSummary, StoredVersion, VersionSummary
 
+from ._responses import AUTH_ERRORS, error_responses
 from ._state import ServiceState, get_state
 from ._store_calls import store_call
 from .access import owner_for, require_manage
@@ -99,12 +101,6 @@ STALE_SECONDS = 6 * 3600
 
 
 # -- response models ----------------------------------------------------------------------
-
-
-class ErrorDetail(BaseModel):
-    """The body of every error answer."""
-
-    detail: str
 
 
 class VersionRecord(StoredVersion):
@@ -142,14 +138,10 @@ class TagInfo(BaseModel):
     version: str
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorDetail} for code in codes}
-
-
 router = APIRouter(
     prefix="/api/models",
     tags=["models"],
-    responses=_errors(401, 403, 502, 503),
+    responses=error_responses(*AUTH_ERRORS, 422),
 )
 
 
@@ -424,7 +416,7 @@ async def list_models(
     openapi_extra=_UPLOAD_BODY,
     responses={
         200: {"model": VersionRecord, "description": "This bundle was stored already."},
-        **_errors(400, 409, 413, 415, 422),
+        **error_responses(400, 409, 413, 415, 422, 507),
     },
 )
 async def upload_model(
@@ -446,7 +438,17 @@ async def upload_model(
     scratch = await anyio.to_thread.run_sync(_scratch_dir, state.settings.data_dir / "uploads")
     try:
         archive = scratch / ARCHIVE_NAME
-        await _receive_upload(request, archive, limit)
+        try:
+            await _receive_upload(request, archive, limit)
+        except OSError as exc:  # the service's own disk: not the caller's fault
+            log.error("cannot keep an upload in %s: %s", scratch.parent, exc.strerror)
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise HTTPException(
+                507 if full else 503,
+                "no space left on the service for the upload, try again later"
+                if full
+                else "the service cannot keep the upload, try again later",
+            ) from None
         started = datetime.now(timezone.utc)
 
         def push() -> tuple[StoredVersion, dict[str, str]]:
@@ -467,7 +469,7 @@ async def upload_model(
     return _with_tags(record, all_tags)
 
 
-@router.get("/{owner}/{name}", response_model=ModelDetail, responses=_errors(404, 422))
+@router.get("/{owner}/{name}", response_model=ModelDetail, responses=error_responses(404, 422))
 async def get_model(owner: str, name: str, user: User, state: State) -> ModelDetail:
     """A model: its versions, newest first, and its tags."""
     _model(user, owner, name)
@@ -482,7 +484,7 @@ async def get_model(owner: str, name: str, user: User, state: State) -> ModelDet
     "/{owner}/{name}",
     status_code=204,
     response_class=Response,
-    responses=_errors(404, 409, 422),
+    responses=error_responses(404, 409, 422),
 )
 async def delete_model(
     owner: str,
@@ -507,7 +509,7 @@ async def delete_model(
 @router.get(
     "/{owner}/{name}/versions/{version}",
     response_model=VersionRecord,
-    responses=_errors(404, 422),
+    responses=error_responses(404, 422),
 )
 async def get_version(
     owner: str, name: str, version: str, user: User, state: State
@@ -532,7 +534,7 @@ async def get_version(
             "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
             "description": "The bundle archive.",
         },
-        **_errors(404, 422),
+        **error_responses(404, 422),
     },
 )
 async def download_version(
@@ -578,7 +580,7 @@ async def download_version(
     "/{owner}/{name}/versions/{version}",
     status_code=204,
     response_class=Response,
-    responses=_errors(404, 409, 422),
+    responses=error_responses(404, 409, 422),
 )
 async def delete_version(
     owner: str,
@@ -602,7 +604,9 @@ async def delete_version(
     return Response(status_code=204)
 
 
-@router.put("/{owner}/{name}/tags/{tag}", response_model=TagInfo, responses=_errors(404, 422))
+@router.put(
+    "/{owner}/{name}/tags/{tag}", response_model=TagInfo, responses=error_responses(400, 404, 422)
+)
 async def set_tag(
     owner: str, name: str, tag: str, target: TagTarget, user: User, state: State
 ) -> TagInfo:
@@ -618,7 +622,7 @@ async def set_tag(
     "/{owner}/{name}/tags/{tag}",
     status_code=204,
     response_class=Response,
-    responses=_errors(404, 422),
+    responses=error_responses(404, 422),
 )
 async def delete_tag(owner: str, name: str, tag: str, user: User, state: State) -> Response:
     """Remove a tag (the version stays)."""

@@ -3,7 +3,8 @@
 This package imports nothing else of hubserve and nothing of Jupyter: it is what runs inside
 every model runtime. The public API:
 
-* :class:`Service`, :func:`api`, :mod:`~model_runtime.kinds` -- define a service;
+* :class:`Service`, :func:`api`, :mod:`~model_runtime.kinds` -- define a service, and
+  :class:`InvalidInput` -- what its API functions raise to refuse a request (422);
 * :class:`Model`, :func:`load_model` -- model artifacts and how they are saved;
 * :func:`build_bundle`, :func:`load_bundle` -- package a service, load it back;
 * :func:`open_store`, :class:`LocalStore`, :class:`S3Store` -- the versioned model store.
@@ -16,6 +17,7 @@ from .errors import (
     ArtifactError,
     BundleError,
     HubserveError,
+    InvalidInput,
     NotFoundError,
     PackagingError,
     StoreError,
@@ -34,6 +36,7 @@ __all__ = [
     "BundleManifest",
     "HubserveError",
     "IOSpec",
+    "InvalidInput",
     "LocalStore",
     "Model",
     "ModelRef",

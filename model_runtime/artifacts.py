@@ -389,6 +389,13 @@ def _load_safetensors(entry: dict[str, Any], path: Path, cls: type | None, devic
 
 
 def _import_class(path: str) -> type:
+    """The torch module class named in a manifest, which the loader will instantiate.
+
+    The manifest is as untrusted as a pickle: any other class (``subprocess:Popen`` with
+    ``init_kwargs`` holding a command) would run arbitrary code without ``trust_pickle``.
+    """
+    import torch
+
     module_name, _, qualname = path.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
@@ -396,8 +403,8 @@ def _import_class(path: str) -> type:
             obj = getattr(obj, part)
     except (ImportError, AttributeError):
         raise ArtifactError(f"cannot import model class {path}") from None
-    if not isinstance(obj, type):
-        raise ArtifactError(f"{path} is not a class")
+    if not isinstance(obj, type) or not issubclass(obj, torch.nn.Module):
+        raise ArtifactError(f"{path} is not a torch module class")
     return obj
 
 

@@ -29,6 +29,18 @@ class UnsafeBundleError(BundleError):
     """A bundle archive tries to escape its directory, holds links or devices, or is too big."""
 
 
+class InvalidInput(HubserveError, ValueError):
+    """Raise it in an API function to reject the caller's input: the client gets a 422.
+
+    The runtime checks what the API declares (kind, dtype, shape) before calling it; anything
+    else the function finds wrong with its input (an image too small to segment, a value out
+    of range) is the caller's fault too, but any other exception there means the function
+    itself failed and becomes a 500. The message is sent to the client as is (in a batch job,
+    it is the item's error), so it should say what was wrong and what is expected. A
+    :class:`ValueError`, so code calling the function directly can catch it as one.
+    """
+
+
 class ArtifactError(HubserveError):
     """A model artifact cannot be saved or loaded (format, missing trust for pickle, ...)."""
 

@@ -9,10 +9,11 @@ their own error classes with messages that never include a secret.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import urllib3
 from minio import Minio
@@ -79,6 +80,8 @@ def classify(exc: BaseException) -> Failure:
         if exc.code in AUTH_CODES:
             return "auth"
         return "other"
+    if isinstance(exc, LocalWriteError):
+        return "other"
     if isinstance(exc, (urllib3.exceptions.HTTPError, OSError, ServerError)):
         return "unreachable"
     return "other"
@@ -88,6 +91,14 @@ class IncompleteDownload(OSError):
     """The server ended the stream before the whole object arrived."""
 
 
+class LocalWriteError(OSError):
+    """The object could not be written to the local file (a full disk, no permission).
+
+    Its own class because it is an ``OSError`` like a broken connection, yet the server is not
+    to blame: callers must not report it as the server being unreachable.
+    """
+
+
 def download(
     client: Minio,
     bucket: str,
@@ -95,14 +106,20 @@ def download(
     dest: Path,
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Stream one object to ``dest``, checking that every byte the server announced came."""
+    """Stream one object to ``dest``, checking that every byte the server announced came.
+
+    Failures to write ``dest`` raise :class:`LocalWriteError`; the rest is the server's.
+    """
     response = client.get_object(bucket, key)
     try:
         total = int(response.headers.get("Content-Length", -1))
         done = 0
-        with dest.open("wb") as out:
+        with _open_for_writing(dest) as out:
             for chunk in response.stream(_CHUNK):
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    raise LocalWriteError(exc.errno, exc.strerror, str(dest)) from None
                 done += len(chunk)
                 if progress:
                     progress(done, max(total, done))
@@ -111,3 +128,18 @@ def download(
     finally:
         response.close()
         response.release_conn()
+
+
+@contextmanager
+def _open_for_writing(dest: Path) -> Iterator[BinaryIO]:
+    try:
+        out = dest.open("wb")
+    except OSError as exc:
+        raise LocalWriteError(exc.errno, exc.strerror, str(dest)) from None
+    try:
+        yield out
+    finally:
+        try:
+            out.close()  # flushes: a full disk may show only here
+        except OSError as exc:
+            raise LocalWriteError(exc.errno, exc.strerror, str(dest)) from None

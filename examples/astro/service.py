@@ -25,6 +25,9 @@ Two APIs over the FC-DenseNet trained by ``train.py`` (weights shipped in ``weig
   A file that cannot be read (not an image, damaged) fails alone: the job records its error
   and goes on with the next file.
 
+Both refuse bad input with :class:`~model_runtime.InvalidInput`, so a caller gets a 422 with
+the reason (and a job item its message) rather than a 500.
+
 Every image is normalised on its own (robust noise estimate, see :func:`skygen.normalise`),
 so the units do not matter: Jy/beam, mJy/beam or the grey levels of a PNG. Images larger than
 :data:`TILE` pixels on a side are segmented in overlapping tiles, which keeps memory flat for
@@ -48,7 +51,7 @@ from catalogue import measure_objects, write_catalogue
 from skygen import CLASSES, normalise, read_image
 from train import load_model
 
-from model_runtime import Service, kinds
+from model_runtime import InvalidInput, Service, kinds
 
 #: Images with a side above this are segmented in tiles of this size...
 TILE = 512
@@ -117,11 +120,14 @@ def segment(images: np.ndarray) -> np.ndarray:
     Classes: 0 background, 1 point source, 2 extended source, 3 artefact. Each image is
     normalised on its own, so any units work; images of the same size run as one batch.
     """
-    array = np.asarray(images, dtype=np.float32)
+    try:
+        array = np.asarray(images, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"segment takes float32 images; {exc}") from None
     if array.ndim == 4 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 3 or min(array.shape[1:]) < 8:
-        raise ValueError(
+        raise InvalidInput(
             f"segment takes images as (n, H, W) or (n, 1, H, W) with H, W >= 8;"
             f" got shape {tuple(np.shape(images))}"
         )
@@ -176,7 +182,10 @@ def segment_folder(src: Path, out_dir: Path) -> dict[str, Any]:
 
     Returns the file name, the image shape, object counts per class and the catalogue rows.
     """
-    image, header = read_image(src)
+    try:
+        image, header = read_image(src)
+    except ValueError as exc:  # not an image, or a damaged one: the caller's file, not a bug
+        raise InvalidInput(str(exc)) from None
     normalised = normalise(image)
     probabilities = _probabilities_tiled(normalised)
     mask = probabilities.argmax(axis=0).astype(np.uint8)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model_runtime import Service, kinds
+from model_runtime import InvalidInput, Service, kinds
 
 CLASSES = ["setosa", "versicolor", "virginica"]
 
@@ -63,5 +63,15 @@ def predict(x: np.ndarray) -> np.ndarray:
 @service.api(input="json", output="json")
 def classify(rows: list) -> list:
     """Species names for rows of [sepal length, sepal width, petal length, petal width]."""
-    probabilities = predict(np.asarray(rows, dtype=np.float32))
+    expected = "a list of rows of 4 numbers [sepal length, sepal width, petal length, petal width]"
+    try:
+        with np.errstate(over="ignore"):
+            features = np.asarray(rows, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"expected {expected}") from None
+    if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] != 4:
+        raise InvalidInput(f"expected {expected}; got shape {features.shape}")
+    if not np.isfinite(features).all():
+        raise InvalidInput("sizes must be finite float32 numbers")
+    probabilities = predict(features)
     return [CLASSES[i] for i in probabilities.argmax(axis=1)]

@@ -18,6 +18,7 @@ machine, the embedded default) and :class:`~hub_service.backends.kubernetes.Kube
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -122,9 +123,17 @@ class Backend(ABC):
         """The deployment as the backend sees it now."""
 
     @abstractmethod
-    def choose(self, owner: str, name: str, prefer: str | None = None) -> Endpoint | None:
+    def choose(
+        self,
+        owner: str,
+        name: str,
+        prefer: str | None = None,
+        avoid: Collection[str] = (),
+    ) -> Endpoint | None:
         """The ready replica ``prefer`` names if there is one (batch jobs live in the replica
-        that runs them), else a ready replica with the fewest requests in flight, or ``None``."""
+        that runs them), else a ready replica with the fewest requests in flight, or ``None``.
+        Replicas whose ids are in ``avoid`` (the gateway could not connect to them just now)
+        are not chosen."""
 
     @abstractmethod
     async def logs(self, owner: str, name: str, tail: int) -> list[LogChunk]:

@@ -93,7 +93,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -435,6 +435,7 @@ class KubernetesBackend(Backend):
         store_uri: str,
         *,
         api_client: k8s.ApiClient | None = None,
+        job_locations: Sequence[str] = (),
     ) -> None:
         if not store_uri.startswith("s3://"):
             shown = repr(store_uri) if store_uri else "the default local directory"
@@ -445,6 +446,7 @@ class KubernetesBackend(Backend):
             )
         self.settings = settings
         self.store_uri = store_uri.rstrip("/")
+        self.job_locations = tuple(job_locations)
         self._check_settings()
         self._owns_client = api_client is None
         self.api_client = api_client or api_client_for(settings)
@@ -558,10 +560,16 @@ class KubernetesBackend(Backend):
             replicas=replicas,
         )
 
-    def choose(self, owner: str, name: str, prefer: str | None = None) -> Endpoint | None:
+    def choose(
+        self,
+        owner: str,
+        name: str,
+        prefer: str | None = None,
+        avoid: Collection[str] = (),
+    ) -> Endpoint | None:
         # ``prefer`` (a batch job's replica) cannot be honoured: the Service picks the pod.
         record = self._records.get(f"{owner}/{name}")
-        if record is None:
+        if record is None or record.endpoint.id in avoid:
             return None
         ready = _int(_get(record.deployment, "status", "readyReplicas"))
         return record.endpoint if ready > 0 else None
@@ -628,6 +636,7 @@ class KubernetesBackend(Backend):
             cpu_limit=s.cpu_limit,
             memory_limit=s.memory_limit,
             batching=spec.batching,
+            job_locations=self.job_locations,
             ingress_host=s.host_for(spec.owner, spec.name),
             tls_issuer=s.tls_issuer,
             autoscale=autoscale,

@@ -4,7 +4,9 @@ How a deployment runs here:
 
 * **Bundles** are fetched once per version by the service (``Store.pull`` into
   ``<data_dir>/local/cache``: verified, unpacked), and replicas serve the unpacked directory,
-  so N replicas cost one download and runtimes need no store credentials.
+  so N replicas cost one download and runtimes need no store credentials. A failed fetch
+  (the store down, the cache's disk full) is retried with the backoff below and reported in
+  the deployment's status; a partial download never counts as a bundle.
 * **Launching.** Replicas are forked from a *zygote* (``hubserve zygote``, see
   :mod:`model_runtime.runtime._zygote`; started with the service) that has torch, FastAPI
   and the runtime imported already, so a replica is ready a few hundred milliseconds after
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -49,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -293,8 +297,11 @@ class LocalBackend(Backend):
         store: Store,
         data_dir: Path,
         settings: LocalBackendSettings | None = None,
+        *,
+        job_locations: Sequence[str] = (),
     ) -> None:
         self.store = store
+        self.job_locations = list(job_locations)
         self.root = data_dir / "local"
         self.settings = settings or LocalBackendSettings()
         self._state_dir = self.root / "replicas"
@@ -378,15 +385,25 @@ class LocalBackend(Backend):
             replicas=[r.status() for r in replicas],
         )
 
-    def choose(self, owner: str, name: str, prefer: str | None = None) -> Endpoint | None:
+    def choose(
+        self,
+        owner: str,
+        name: str,
+        prefer: str | None = None,
+        avoid: Collection[str] = (),
+    ) -> Endpoint | None:
         deployment = self._deployments.get(f"{owner}/{name}")
         if deployment is None:
             return None
-        if prefer is not None:
+        if prefer is not None and prefer not in avoid:
             preferred = deployment.replicas.get(prefer)
             if preferred is not None and preferred.state is ReplicaState.READY:
                 return preferred
-        ready = [r for r in deployment.replicas.values() if r.state is ReplicaState.READY]
+        ready = [
+            r
+            for r in deployment.replicas.values()
+            if r.state is ReplicaState.READY and r.id not in avoid
+        ]
         if not ready:
             return None
         # Least outstanding requests; ties go round-robin, so idle replicas share the load.
@@ -477,7 +494,12 @@ class LocalBackend(Backend):
             deployment.pull_failures += 1
             delay = self._backoff(deployment.pull_failures)
             deployment.pull_retry_at = time.monotonic() + delay
-            deployment.message = f"cannot fetch {ref} from the store: {exc}"
+            if _disk_full(exc):
+                deployment.message = (
+                    f"cannot fetch {ref}: no space left on device in the bundle cache {self._cache}"
+                )
+            else:
+                deployment.message = f"cannot fetch {ref} from the store: {exc}"
             log.warning("%s (retrying in %.0f s)", deployment.message, delay)
             return False
         deployment.bundles[version] = pulled
@@ -580,6 +602,8 @@ class LocalBackend(Backend):
         }
         if spec.threads is not None:
             settings["threads"] = spec.threads
+        if self.job_locations:
+            settings["job_locations"] = self.job_locations
         try:
             replica.process = await self._start_process(str(bundle), settings, replica.log_file)
         except (ZygoteError, OSError) as exc:
@@ -600,6 +624,8 @@ class LocalBackend(Backend):
         env["HUBSERVE_RUNTIME_API_TOKEN"] = settings["api_token"]
         env["HUBSERVE_RUNTIME_BATCHING"] = json.dumps(settings["batching"])
         env["HUBSERVE_RUNTIME_CACHE_DIR"] = settings["cache_dir"]
+        if "job_locations" in settings:
+            env["HUBSERVE_RUNTIME_JOB_LOCATIONS"] = json.dumps(settings["job_locations"])
         command = [sys.executable, "-m", "model_runtime.cli", "serve", source]
         command += ["--host", settings["host"], "--port", str(settings["port"])]
         if "threads" in settings:
@@ -732,6 +758,16 @@ def _tail(path: Path, lines: int) -> list[str]:
         return []
     text = data.decode("utf-8", errors="replace").splitlines()
     return text[-lines:] if lines > 0 else []
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from a full disk (or quota), however it was wrapped on the way."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _remove_tree(path: Path) -> None:

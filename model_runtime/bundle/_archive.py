@@ -5,7 +5,8 @@ in sorted order, with fixed owners and times: packaging the same directory twice
 same bytes. Archives come from other users and from the network, so reading one treats every
 member as hostile until checked:
 
-* names must be relative, without ``..``, backslashes or NUL bytes, and unique;
+* names must be relative (no drive letter either), without ``..``, backslashes or NUL
+  bytes, and unique;
 * only regular files and directories are accepted: links (inside or leaving the tree),
   devices and FIFOs are refused;
 * every member, the total size and the member count are capped (tar and gzip bombs);
@@ -27,7 +28,7 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO
 
 from ..errors import BundleError, UnsafeBundleError
@@ -96,7 +97,7 @@ def _check_name(member: tarfile.TarInfo) -> str:
     if not name or "\x00" in name or "\\" in name:
         raise UnsafeBundleError(f"archive member {name!r} has an invalid name")
     pure = PurePosixPath(name)
-    if pure.is_absolute() or name.startswith("/"):
+    if pure.is_absolute() or PureWindowsPath(name).drive:  # "/etc", "C:/Windows", "C:x"
         raise UnsafeBundleError(f"archive member {name!r} is an absolute path")
     if ".." in pure.parts:
         raise UnsafeBundleError(f"archive member {name!r} escapes the bundle directory ('..')")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from pathlib import PurePosixPath
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -27,6 +27,13 @@ FORMAT_VERSION = 1
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 _SHA256_RE = r"^[0-9a-f]{64}$"
+
+
+def is_inside(path: str) -> bool:
+    """Whether ``path`` names a file below the bundle's root, on POSIX and Windows alike."""
+    pure = PurePosixPath(path)
+    absolute = pure.is_absolute() or bool(PureWindowsPath(path).drive)
+    return bool(path) and not absolute and ".." not in pure.parts and "\\" not in path
 
 
 class BatchingEntry(BaseModel):
@@ -69,6 +76,13 @@ class ModelEntry(BaseModel):
     type: str = ""
     framework: str = "python"
 
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, path: str) -> str:
+        if not is_inside(path):
+            raise ValueError(f"artifact path {path!r} is not a relative path inside the bundle")
+        return path
+
 
 class BundleManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -103,8 +117,7 @@ class BundleManifest(BaseModel):
     @classmethod
     def _relative_files(cls, files: dict[str, str]) -> dict[str, str]:
         for path, digest in files.items():
-            pure = PurePosixPath(path)
-            if pure.is_absolute() or ".." in pure.parts or "\\" in path or not path:
+            if not is_inside(path):
                 raise ValueError(f"file entry {path!r} is not a relative path inside the bundle")
             if not re.match(_SHA256_RE, digest):
                 raise ValueError(f"file entry {path!r} has an invalid sha256")
@@ -133,6 +146,8 @@ def parse_manifest(data: bytes, *, origin: str = MANIFEST_NAME) -> BundleManifes
         raw = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{origin} is not valid JSON: {exc}") from None
+    except RecursionError:  # "[[[[...": no manifest nests deeper than a few levels
+        raise BundleError(f"{origin} is nested too deeply to be a bundle manifest") from None
     try:
         return BundleManifest.model_validate(raw)
     except ValidationError as exc:

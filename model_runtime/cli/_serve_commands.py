@@ -54,6 +54,18 @@ def register_serve_commands(cli: click.Group) -> None:
         default=None,
         help="Rows a batching queue may hold before answering 503.",
     )
+    @click.option(
+        "--request-timeout",
+        type=click.FloatRange(0, min_open=True),
+        default=None,
+        help="Seconds a request may wait for the model before a 504 [default: 240].",
+    )
+    @click.option(
+        "--job-location",
+        "job_locations",
+        multiple=True,
+        help="Folder or URI prefix batch jobs may use (repeat; default: any).",
+    )
     @click.option("--trust-pickle", is_flag=True, help="Allow pickled model artifacts.")
     @click.option("--access-log", is_flag=True, help="Log every request.")
     @store_options
@@ -68,6 +80,8 @@ def register_serve_commands(cli: click.Group) -> None:
         tls_cert: Path | None,
         tls_key: Path | None,
         max_queue_rows: int | None,
+        request_timeout: float | None,
+        job_locations: tuple[str, ...],
         trust_pickle: bool,
         access_log: bool,
         **store: Any,
@@ -99,6 +113,8 @@ def register_serve_commands(cli: click.Group) -> None:
             "access_log": access_log,
             "api_token": _read_secret(api_token_file),
             "max_queue_rows": max_queue_rows,
+            "request_timeout": request_timeout,
+            "job_locations": list(job_locations) or None,
         }
         settings = RuntimeSettings(**{k: v for k, v in overrides.items() if v is not None})
         run_server(source, settings)

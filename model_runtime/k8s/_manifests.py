@@ -105,7 +105,8 @@ class RuntimeTarget:
     ``threads`` defaults to the CPUs of the container's limit (or of the node); ``cpu`` and
     ``memory`` are requests, ``cpu_limit`` and ``memory_limit`` limits, in Kubernetes
     quantities (``"500m"``, ``"2Gi"``). ``batching`` overrides the bundle's batching per API
-    (``{"predict": {"max_batch_size": 32, "max_latency_ms": 5}}``). ``ingress_host`` adds
+    (``{"predict": {"max_batch_size": 32, "max_latency_ms": 5}}``); ``job_locations`` confines
+    its batch jobs (see the runtime's ``job_locations`` setting). ``ingress_host`` adds
     an Ingress (``tls_issuer`` a cert-manager ClusterIssuer for its certificate,
     ``ingress_class`` its IngressClass); ``autoscale`` a HorizontalPodAutoscaler, which then
     owns the replica count (``replicas`` is not written). ``generation`` counts the changes
@@ -129,6 +130,7 @@ class RuntimeTarget:
     cpu_limit: str | None = None
     memory_limit: str | None = None
     batching: Mapping[str, Mapping[str, float | int]] = field(default_factory=dict)
+    job_locations: tuple[str, ...] = ()
     ingress_host: str | None = None
     tls_issuer: str | None = None
     autoscale: Autoscale | None = None
@@ -368,6 +370,13 @@ def _runtime_env(target: RuntimeTarget) -> list[dict[str, Any]]:
                     sort_keys=True,
                     separators=(",", ":"),
                 ),
+            }
+        )
+    if target.job_locations:
+        env.append(
+            {
+                "name": "HUBSERVE_RUNTIME_JOB_LOCATIONS",
+                "value": json.dumps(list(target.job_locations)),
             }
         )
     return env

@@ -10,18 +10,22 @@ Routes:
 * Open Inference Protocol v2 under ``/v2`` (:mod:`._oip`), batch jobs under ``/jobs``.
 * ``/healthz`` (alive), ``/readyz`` (model loaded and warmed up), ``/metrics``, ``/``.
 
-Errors are JSON ``{"detail": ...}`` with the right status: 400/413/415/422 for bad input,
-404 for unknown routes, 503 + ``Retry-After`` when the queue is full, 500 with the exception's
-type and message (never a traceback) when the API's own code fails.
+Errors are JSON ``{"detail": ...}`` with the right status: 400/413/415/422 for bad input
+(422 too when the API function raises :class:`~model_runtime.InvalidInput`), 404 for
+unknown routes, 503 + ``Retry-After`` when the queue is full, 504 when the model takes longer
+than ``request_timeout``, 500 with the exception's type and message (never a traceback) when
+the API's own code fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import orjson
@@ -29,19 +33,21 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._version import __version__
+from ..errors import InvalidInput
 from ..service import ApiSpec
 from . import _codecs
 from ._batching import Overloaded
+from ._body import BodyTooLarge, read_body, receive_body
 from ._jobs import JobError
 from ._locations import LocationError, LocationUnavailableError
 from ._oip import oip_router
-from ._openapi import install_openapi
-from ._runtime import Runtime
+from ._openapi import ERROR, install_openapi
+from ._runtime import CallTimeout, Runtime
 
 log = logging.getLogger("hubserve.runtime")
 
@@ -56,36 +62,6 @@ def error_response(status: int, message: str, headers: Mapping[str, str] | None 
         media_type="application/json",
         headers=headers,
     )
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing more than ``limit`` bytes before reading them when possible."""
-    return await _receive_body(request.receive, limit, request.headers.get("content-length"))
-
-
-async def _receive_body(receive: Receive, limit: int, declared: str | None) -> bytes:
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):  # the common case: one chunk
-        if len(body) > limit:
-            raise BodyTooLarge
-        return body
-    chunks = [body]
-    size = len(body)
-    while message.get("more_body", False):
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class _ApiHandler:
@@ -135,15 +111,19 @@ class _ApiHandler:
     ) -> tuple[int, str, bytes, dict[str, str]]:
         spec, name = self.spec, self.name
         try:
-            body = await _receive_body(receive, self.limit, length)
+            body = await receive_body(receive, self.limit, length)
             if spec.input.kind == "path":  # a folder in, a folder out: run as a batch job
-                return _as_tuple(_submit_job(self.runtime, name, _job_request(body)))
+                return _as_tuple(await _submit_job(self.runtime, name, _job_request(body)))
             decoded = _codecs.decode(spec.input, body, content_type)
             result = await self.runtime.call(spec, decoded.value)
         except BodyTooLarge:
             return _error(413, f"request body is larger than {self.limit} bytes")
         except _codecs.CodecError as exc:  # bad input, found by the codecs or inside the API
             return _error(exc.status_code, str(exc))
+        except InvalidInput as exc:  # the API's own code refused this input
+            return _error(422, str(exc))
+        except CallTimeout as exc:
+            return _error(504, str(exc))
         except Overloaded as exc:
             retry = {"Retry-After": str(max(1, round(exc.retry_after)))}
             return _error(503, f"{name} is overloaded; retry later", retry)
@@ -212,13 +192,20 @@ def _job_request(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _submit_job(runtime: Runtime, api: str, body: dict[str, Any]) -> Response:
+async def _submit_job(runtime: Runtime, api: str, body: dict[str, Any]) -> Response:
+    """Check the locations and queue the job, off the event loop: listing a folder or a
+    bucket can take long, and inference requests must not wait for it."""
     if runtime.jobs is None:
         return error_response(404, "this model has no path APIs, so no batch jobs")
+    submit = partial(
+        runtime.jobs.submit,
+        api,
+        str(body["input"]),
+        str(body["output"]),
+        pattern=body.get("pattern"),
+    )
     try:
-        status = runtime.jobs.submit(
-            api, str(body["input"]), str(body["output"]), pattern=body.get("pattern")
-        )
+        status = await asyncio.get_running_loop().run_in_executor(None, submit)
     except JobError as exc:
         return error_response(exc.status_code, str(exc))
     except LocationUnavailableError as exc:  # the storage is down, not the request wrong
@@ -241,7 +228,7 @@ def _job_routes(runtime: Runtime) -> list[Route]:
             return error_response(413, "a job request is at most 1 MiB")
         except _codecs.CodecError as exc:
             return error_response(exc.status_code, str(exc))
-        return _submit_job(runtime, request.path_params["api"], body)
+        return await _submit_job(runtime, request.path_params["api"], body)
 
     async def status(request: Request) -> Response:
         if runtime.jobs is None:
@@ -336,7 +323,12 @@ def create_app(runtime: Runtime) -> ASGIApp:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["runtime"], summary="Readiness: loaded and warmed up")
+    @app.get(
+        "/readyz",
+        tags=["runtime"],
+        summary="Readiness: loaded and warmed up",
+        responses={503: ERROR},
+    )
     async def readyz() -> Response:
         if runtime.ready:
             return Response(
@@ -345,7 +337,12 @@ def create_app(runtime: Runtime) -> ASGIApp:
             )
         return error_response(503, "model is loading")
 
-    @app.get("/metrics", tags=["runtime"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["runtime"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+    )
     async def metrics() -> Response:
         return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -358,7 +355,7 @@ def create_app(runtime: Runtime) -> ASGIApp:
     for path, handler in handlers.items():
         # Reached only when the fast path did not take the request (e.g. GET -> 405).
         app.router.routes.append(Route(path, handler, methods=["POST"], name=handler.name))
-    install_openapi(app, runtime)
+    install_openapi(app, runtime, public=PUBLIC_PATHS)
     outer: ASGIApp = ApiFastPath(app, handlers)
     token = runtime.settings.api_token
     if token is not None and token.get_secret_value():

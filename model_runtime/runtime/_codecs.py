@@ -116,6 +116,22 @@ def request_media_types(spec: IOSpec) -> list[str]:
     return list(_REQUEST_MEDIA_TYPES[spec.kind])
 
 
+def response_media_types(spec: IOSpec) -> list[str]:
+    """The media types a result of an API with output ``spec`` can be sent in (for OpenAPI)."""
+    return list(_RESPONSE_MEDIA_TYPES[spec.kind])
+
+
+_RESPONSE_MEDIA_TYPES: dict[str, tuple[str, ...]] = {
+    "json": (_JSON,),
+    "ndarray": (_JSON, _NPY, _NPZ),
+    "tensor": (_JSON, _NPY, _NPZ),
+    "dataframe": (_JSON, _CSV),
+    "image": (_JSON, _PNG, _NPY, _NPZ),
+    "file": (_OCTET,),
+    "text": (_JSON, _TEXT),
+    "path": (_JSON,),
+}
+
 _REQUEST_MEDIA_TYPES: dict[str, tuple[str, ...]] = {
     "json": (_JSON,),
     "ndarray": (_JSON, _NPY, _NPZ),
@@ -752,6 +768,9 @@ def _scalar_schema(dtype: str | None) -> dict[str, Any]:
     if numpy_dtype.kind in "iu":
         info = np.iinfo(numpy_dtype)
         return {"type": "integer", "minimum": int(info.min), "maximum": int(info.max)}
+    if numpy_dtype.kind == "f" and dtype != "bfloat16":  # larger ones would overflow: 422
+        largest = float(np.finfo(numpy_dtype).max)
+        return {"type": "number", "minimum": -largest, "maximum": largest}
     return {"type": "number"}
 
 
@@ -761,8 +780,8 @@ def _array_schema(shape: tuple[int, ...] | None, scalar: dict[str, Any]) -> dict
     schema = scalar
     for size in reversed(shape):
         schema = {"type": "array", "items": schema}
-        if size != -1:
-            schema |= {"minItems": size, "maxItems": size}
+        # An empty list loses the dimensions below it (``[]`` has shape ``(0,)``): at least one.
+        schema |= {"minItems": 1} if size == -1 else {"minItems": size, "maxItems": size}
     return schema
 
 

@@ -56,7 +56,7 @@ from typing import Any
 from pydantic import BaseModel, Field, computed_field
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from ..errors import HubserveError
+from ..errors import HubserveError, InvalidInput
 from ._locations import Location, LocationError, LocationUnavailableError
 from ._locations import open_location as _open_location
 
@@ -148,7 +148,8 @@ def _now() -> datetime:
 
 
 def _describe_error(exc: BaseException) -> str:
-    message = f"{type(exc).__name__}: {exc}"
+    """The exception's message, after its type unless the API refused the input on purpose."""
+    message = str(exc) if isinstance(exc, InvalidInput) else f"{type(exc).__name__}: {exc}"
     if len(message) > _MAX_ERROR_CHARS:
         return message[: _MAX_ERROR_CHARS - 3] + "..."
     return message

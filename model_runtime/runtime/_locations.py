@@ -35,10 +35,12 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
+import posixpath
 import shutil
 import uuid
 import xml.etree.ElementTree as ET
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import SplitResult, unquote, urlsplit
@@ -59,13 +61,22 @@ from webdav4.client import Client as WebDAVClient
 from webdav4.multistatus import MultiStatusResponseError
 
 from ..errors import HubserveError
-from ..s3 import PART_SIZE, IncompleteDownload, S3Credentials, classify, download, make_client
+from ..s3 import (
+    PART_SIZE,
+    IncompleteDownload,
+    LocalWriteError,
+    S3Credentials,
+    classify,
+    download,
+    make_client,
+)
 
 __all__ = [
     "Location",
     "LocationError",
     "LocationUnavailableError",
     "S3Credentials",
+    "check_allowed",
     "open_location",
 ]
 
@@ -125,6 +136,43 @@ class Location(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
+
+
+def check_allowed(uri: str, allowed: Sequence[str]) -> None:
+    """Refuse ``uri`` unless it is one of the ``allowed`` locations or below one.
+
+    A runtime serves callers the hub lets in, but it reads and writes with its own rights: a
+    deployment restricts its jobs to the folders and prefixes meant for them. Local paths are
+    compared after resolving ``..`` and symbolic links; URIs after dropping their userinfo
+    and normalising their path. No ``allowed`` entries: every location is allowed.
+    """
+    if not allowed:
+        return
+    try:
+        target = _comparable(uri)
+    except (ValueError, OSError, RuntimeError):  # bad port, NUL byte, symlink loop
+        raise LocationError(f"invalid location {_without_userinfo(uri)!r}") from None
+    for root in allowed:
+        base = _comparable(root)
+        if target == base or target.startswith(base.rstrip("/") + "/"):
+            return
+    raise LocationError(f"{_without_userinfo(uri)} is not a location this runtime's jobs may use")
+
+
+def _comparable(uri: str) -> str:
+    if uri.startswith("/") or uri.startswith("file:"):
+        path = unquote(urlsplit(uri).path) if uri.startswith("file:") else uri
+        return str(Path(path).resolve())
+    parts = urlsplit(uri)
+    path = posixpath.normpath(unquote(parts.path) or "/")
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{path}"
+
+
+def _without_userinfo(uri: str) -> str:
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def open_location(
@@ -344,6 +392,8 @@ class _S3Location(Location):
             download(self.client, self.bucket, self.prefix + rel, dest)
         except IncompleteDownload as exc:
             raise LocationUnavailableError(f"{exc} from {self.describe()}") from None
+        except LocalWriteError as exc:  # our disk, not the server: say so
+            raise LocationError(f"cannot write {rel} locally: {exc.strerror}") from None
         except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             raise self._error(exc, rel) from None
 

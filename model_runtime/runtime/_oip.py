@@ -24,10 +24,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .._version import __version__
+from ..errors import InvalidInput
 from ..service import ApiSpec
 from . import _codecs
 from ._batching import Overloaded
-from ._runtime import Runtime
+from ._body import BodyTooLarge, read_body
+from ._runtime import CallTimeout, Runtime
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -53,6 +55,32 @@ class OipError(Exception):
     def __init__(self, message: str, status_code: int = 400) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+#: OpenAPI of the error replies: OIP clients read ``error``, not FastAPI's ``detail``.
+_ERROR_REPLY = {
+    "description": "Error",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {"error": {"type": "string"}},
+                "required": ["error"],
+            }
+        }
+    },
+}
+_NOT_READY = {
+    "description": "Not ready yet (loading or warming up)",
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
+_UNKNOWN_MODEL: dict[int | str, dict[str, Any]] = {404: _ERROR_REPLY}
+_MODEL_READY: dict[int | str, dict[str, Any]] = {404: _ERROR_REPLY, 503: _NOT_READY}
+#: 500: the API function itself failed; 503: the queue is full (with ``Retry-After``);
+#: 504: the model took longer than ``request_timeout``.
+_INFER_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: _ERROR_REPLY for status in (400, 404, 413, 422, 500, 503, 504)
+}
 
 
 def _error(exc: OipError | _codecs.CodecError) -> Response:
@@ -245,11 +273,11 @@ def oip_router(runtime: Runtime) -> APIRouter:
     async def live() -> Response:
         return json_response({"live": True})
 
-    @router.get("/health/ready", summary="Server readiness")
+    @router.get("/health/ready", summary="Server readiness", responses={503: _NOT_READY})
     async def ready() -> Response:
         return json_response({"ready": runtime.ready}, 200 if runtime.ready else 503)
 
-    @router.get("/models/{name}", summary="Model metadata")
+    @router.get("/models/{name}", summary="Model metadata", responses=_UNKNOWN_MODEL)
     @router.get("/models/{name}/versions/{version}", include_in_schema=False)
     async def metadata(name: str, version: str | None = None) -> Response:
         try:
@@ -280,7 +308,7 @@ def oip_router(runtime: Runtime) -> APIRouter:
             }
         )
 
-    @router.get("/models/{name}/ready", summary="Model readiness")
+    @router.get("/models/{name}/ready", summary="Model readiness", responses=_MODEL_READY)
     async def model_ready(name: str) -> Response:
         try:
             find(name)
@@ -300,7 +328,12 @@ def oip_router(runtime: Runtime) -> APIRouter:
         }
     }
 
-    @router.post("/models/{name}/infer", summary="Inference", openapi_extra=_INFER_BODY)
+    @router.post(
+        "/models/{name}/infer",
+        summary="Inference",
+        openapi_extra=_INFER_BODY,
+        responses=_INFER_ERRORS,
+    )
     @router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         status = 500
@@ -311,9 +344,12 @@ def oip_router(runtime: Runtime) -> APIRouter:
                 raise OipError(
                     f"version {version!r} is not served (this is {runtime.version})", 404
                 )
-            body = await request.body()
-            if len(body) > runtime.settings.max_body_bytes:
-                raise OipError("request body too large", 413)
+            try:  # refused before it is read when its declared length is too large
+                body = await read_body(request, runtime.settings.max_body_bytes)
+            except BodyTooLarge:
+                raise OipError(
+                    f"request body is larger than {runtime.settings.max_body_bytes} bytes", 413
+                ) from None
             parsed, binary = _parse_request(body, request.headers.get(HEADER_LENGTH))
             array = _codecs.check_array(spec.input, _input_tensor(parsed, binary))
             if spec.input.kind == "tensor":
@@ -332,6 +368,10 @@ def oip_router(runtime: Runtime) -> APIRouter:
                     media_type="application/json",
                     headers={"Retry-After": str(max(1, round(exc.retry_after)))},
                 )
+            except InvalidInput as exc:  # the API's own code refused the input
+                raise OipError(str(exc), 422) from None
+            except CallTimeout as exc:
+                raise OipError(str(exc), 504) from None
             except Exception as exc:  # the API's own code failed
                 return Response(
                     orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}),

@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import HubserveError
 from ..service import ApiSpec, Service
 from ..store import StoreSettings
 from . import _codecs
 from ._batching import AdaptiveBatcher
 from ._jobs import JobManager
-from ._locations import open_location
+from ._locations import Location, S3Credentials, check_allowed, open_location
 from ._metrics import RuntimeMetrics
 from ._settings import RuntimeSettings
 
@@ -49,6 +50,10 @@ def _on_model_thread(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args)
 
     return run
+
+
+class CallTimeout(HubserveError):
+    """The model did not answer a request within ``request_timeout`` (the app answers 504)."""
 
 
 class Runtime:
@@ -104,7 +109,11 @@ class Runtime:
             self.jobs = JobManager(
                 {name: spec.func for name, spec in self.path_apis.items()},
                 work_dir=self._work_dir(),
-                open_location=partial(open_location, s3=StoreSettings().s3_credentials()),
+                open_location=partial(
+                    _open_job_location,
+                    allowed=self.settings.job_locations,
+                    s3=StoreSettings().s3_credentials(),
+                ),
             )
             self.jobs.start()
         if self.settings.warmup:
@@ -135,6 +144,21 @@ class Runtime:
                 )
 
     async def call(self, spec: ApiSpec, value: Any) -> Any:
+        """The API's result for ``value``, within ``request_timeout`` or :class:`CallTimeout`.
+
+        A call that times out still runs to its end on the model thread (a thread cannot be
+        interrupted); only its caller stops waiting, and a queued request leaves the queue.
+        """
+        timeout = self.settings.request_timeout
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                return await self._call(spec, value)
+        except TimeoutError:
+            if not scope.expired():  # raised by the API's own code: its failure, not ours
+                raise
+            raise CallTimeout(f"{spec.name} did not answer within {timeout:g} s") from None
+
+    async def _call(self, spec: ApiSpec, value: Any) -> Any:
         batcher = self.batchers.get(spec.name)
         if batcher is not None:
             rows = _codecs.batch_size(spec.input, value)
@@ -173,6 +197,11 @@ class Runtime:
                 for spec in self.service.apis.values()
             ],
         }
+
+
+def _open_job_location(uri: str, *, allowed: list[str], s3: S3Credentials | None) -> Location:
+    check_allowed(uri, allowed)
+    return open_location(uri, s3=s3)
 
 
 def _synthetic_input(spec: ApiSpec) -> Any:

@@ -35,9 +35,15 @@ class RuntimeSettings(BaseSettings):
     api_token: SecretStr | None = None
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_queue_rows: int = Field(1024, ge=1)
+    #: Seconds a request may wait for the model (queue included) before it gets a 504; below
+    #: the hub gateway's own timeout (300 s), so callers see why.
+    request_timeout: float = Field(240.0, gt=0)
     batching: dict[str, BatchingOverride] = Field(default_factory=dict)
     warmup: bool = True
     work_dir: Path | None = None
+    #: Folders and URI prefixes (``/data/in``, ``s3://bucket/jobs``) that batch jobs may read
+    #: and write, below which every job location must lie; empty: any location.
+    job_locations: list[str] = Field(default_factory=list)
     graceful_timeout: float = 30.0
     tls_cert: Path | None = None
     tls_key: Path | None = None

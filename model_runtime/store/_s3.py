@@ -18,7 +18,15 @@ import urllib3
 from minio.error import MinioException, S3Error
 
 from ..errors import NotFoundError, StoreAuthError, StoreError, StoreUnavailableError
-from ..s3 import PART_SIZE, IncompleteDownload, S3Credentials, classify, download, make_client
+from ..s3 import (
+    PART_SIZE,
+    IncompleteDownload,
+    LocalWriteError,
+    S3Credentials,
+    classify,
+    download,
+    make_client,
+)
 from ._objects import ObjectBackend, ObjectInfo, ProgressCallback
 
 
@@ -149,6 +157,8 @@ class S3Objects(ObjectBackend):
             download(self.client, self.bucket, self._key(key), dest, progress)
         except IncompleteDownload as exc:
             raise StoreUnavailableError(f"{exc} from {self.describe()}") from None
+        except LocalWriteError:
+            raise  # our disk, not the store: the caller reports it as the OSError it is
         except (S3Error, MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._error(exc, key) from None
 

@@ -44,6 +44,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from types import FrameType, TracebackType
 
@@ -323,15 +324,46 @@ class S3Server:
                 )
             try:
                 probe.list_buckets()
-            except (MinioException, urllib3.exceptions.HTTPError) as error:
+                missing = self._unregistered_volumes()
+            except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as error:
                 last_error = error
                 time.sleep(_PROBE_INTERVAL)
-            else:
+                continue
+            if not missing:
                 return
+            last_error = RuntimeError(f"volumes {sorted(missing)} not registered yet")
+            time.sleep(_PROBE_INTERVAL)
         raise TimeoutError(
             f"S3 server at {self.url} not ready after {timeout:g}s "
             f"(last error: {last_error!r}); {self._log_tail()}"
         )
+
+    def _unregistered_volumes(self) -> set[int]:
+        """Volumes on disk that the master does not know yet.
+
+        After a restart, the S3 API answers before the volume server has reported its
+        volumes to the master; until it has, reading an object stored before the restart
+        fails with "volume not found" (a 500). So the server is ready only once every volume
+        file in the data directory (``<id>.dat`` or ``<collection>_<id>.dat``) is registered.
+        """
+        on_disk = set()
+        for path in self._data_dir.glob("*.dat"):
+            volume = path.stem.rsplit("_", 1)[-1]
+            if volume.isdigit():
+                on_disk.add(int(volume))
+        if not on_disk:
+            return set()
+        url = f"http://{HOST}:{self._ports['master.port']}/vol/status"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status = json.load(response)
+        registered = {
+            int(volume["Id"])
+            for racks in status["Volumes"]["DataCenters"].values()
+            for nodes in racks.values()
+            for volumes in nodes.values()
+            for volume in volumes or []
+        }
+        return on_disk - registered
 
     def _log_tail(self) -> str:
         with self.log_path.open("rb") as log:

@@ -8,6 +8,7 @@ input's WCS, the previews open, and the catalogue finds the bright sources where
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
 import time
@@ -120,8 +121,9 @@ def check_job(status: dict[str, Any], images: list[str]) -> None:
         1.0,
     )
     errors = {item["item"]: item["error"] for item in status["items"] if not item["ok"]}
-    assert errors["corrupt.fits"].startswith("ValueError: corrupt.fits: not a readable FITS")
-    assert errors["notes.txt"].startswith("ValueError: notes.txt: unsupported file type")
+    # Refused with InvalidInput: the item's error is the message alone.
+    assert errors["corrupt.fits"].startswith("corrupt.fits: not a readable FITS")
+    assert errors["notes.txt"].startswith("notes.txt: unsupported file type")
     done = sorted(item["item"] for item in status["items"] if item["ok"])
     assert done == sorted(images)
 
@@ -412,9 +414,15 @@ def test_segment_masks_images_over_http(client: TestClient, fields: Path) -> Non
     reply = client.post("/segment", json={"inputs": images[:1, None, :64, :64].round(6).tolist()})
     assert reply.status_code == 200, reply.text
     assert np.asarray(reply.json()).shape == (1, 64, 64)
-    # API code has no public "bad input" exception yet: the runtime answers 500 with the reason.
+    # A shape the API refuses (InvalidInput): 422 with the reason, alone in its batch.
     bad = client.post("/segment", json={"inputs": [[1.0, 2.0]]})
-    assert bad.status_code == 500 and "(n, H, W)" in bad.json()["detail"]
+    assert bad.status_code == 422 and "(n, H, W)" in bad.json()["detail"]
+    tiny = np.zeros((1, 4, 4), np.float32).tolist()
+    good = images[:1, :32, :32].round(6).tolist()
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda b: client.post("/segment", json=b), [good] * 5 + [tiny]))
+    assert [r.status_code for r in replies] == [200] * 5 + [422]
+    assert "H, W >= 8" in replies[-1].json()["detail"]
 
 
 def test_segment_folder_job_over_a_local_folder(

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
@@ -27,6 +28,7 @@ from model_runtime import build_bundle
 from model_runtime.store import LocalStore
 
 REPO = Path(__file__).resolve().parents[2]
+SINK_SERVICE = REPO / "tests/model_runtime/runtime/kitchen_sink_service.py"
 ALICE = {"Authorization": "token alice-token-123"}
 PREFIX = "/services/hubserve"
 
@@ -37,12 +39,19 @@ def iris_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_bundle(f"{REPO / 'examples/iris/iris.py'}:service", output_dir=out).archive
 
 
-def _client(tmp_path: Path, store: LocalStore, **backend: Any) -> TestClient:
+def _client(
+    tmp_path: Path, store: LocalStore, job_locations: list[str] | None = None, **backend: Any
+) -> TestClient:
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps({"alice-token-123": {"name": "alice"}}))
-    settings = HubServiceSettings(static_token_file=tokens, data_dir=tmp_path / "data")
+    settings = HubServiceSettings(
+        static_token_file=tokens, data_dir=tmp_path / "data", job_locations=job_locations or []
+    )
     local = LocalBackend(
-        store, settings.data_dir, LocalBackendSettings(health_interval=0.2, **backend)
+        store,
+        settings.data_dir,
+        LocalBackendSettings(health_interval=0.2, **backend),
+        job_locations=settings.job_locations,
     )
     return TestClient(create_app(settings, store=store, backend=local))
 
@@ -90,6 +99,31 @@ def test_replicas_without_the_zygote_and_large_bodies(direct: TestClient) -> Non
     response = direct.post(f"{PREFIX}/d/alice/iris/predict", json=rows[:2], headers=ALICE)
     assert response.status_code == 200
     assert len(response.json()) == 2
+
+
+@pytest.mark.parametrize("use_zygote", [False, True], ids=["serve", "zygote"])
+def test_jobs_are_confined_to_the_services_job_locations(tmp_path: Path, use_zygote: bool) -> None:
+    """``HUBSERVE_JOB_LOCATIONS`` reaches every replica, however it is launched: a caller
+    cannot make a job read or write outside those folders."""
+    sink = build_bundle(f"{SINK_SERVICE}:service", output_dir=tmp_path / "build")
+    store = LocalStore(tmp_path / "store")
+    store.push(sink.archive, owner="alice")
+    allowed, elsewhere = tmp_path / "jobs", tmp_path / "elsewhere"
+    for folder in (allowed / "in", elsewhere):
+        folder.mkdir(parents=True)
+        np.save(folder / "a.npy", np.zeros(2, dtype=np.float32))
+    with _client(tmp_path, store, [str(allowed)], use_zygote=use_zygote) as client:
+        response = client.post(f"{PREFIX}/api/deployments", json={"model": "sink"}, headers=ALICE)
+        assert response.status_code == 201, response.text
+        _wait(client, lambda s: s["phase"] == "ready", name="sink")
+        jobs = f"{PREFIX}/d/alice/sink/jobs/invert"
+        outside = {"input": str(elsewhere), "output": str(allowed / "out")}
+        response = client.post(jobs, json=outside, headers=ALICE)
+        assert response.status_code == 422, response.text
+        assert "is not a location this runtime's jobs may use" in response.json()["detail"]
+        inside = {"input": str(allowed / "in"), "output": str(allowed / "out")}
+        response = client.post(jobs, json=inside, headers=ALICE)
+        assert response.status_code == 202, response.text
 
 
 def test_missing_version_in_the_store_is_reported(tmp_path: Path, store: LocalStore) -> None:

@@ -29,6 +29,7 @@ from hub_service.auth import (
     token_key,
 )
 from hub_service.config import HUB_DEFAULT_SERVER_SCOPES, AddScopes, HubserveURL
+from hub_service.gateway import _without_tokens
 from hub_service.oauth import pkce_pair, safe_next
 from model_runtime.store import StoreSettings
 
@@ -392,3 +393,21 @@ def test_configure_jupyterhub_extends_callable_token_scopes() -> None:
     assert scopes(object()) == ["users:activity!user", ACCESS]
     url = HubserveURL(name="hubserve", internal_url="", public_url="https://hub.example.org/")
     assert url(object()) == "https://hub.example.org/services/hubserve/"
+
+
+# -- gateway ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "forwarded"),
+    [
+        ("", ""),
+        ("a=1&b=2", "a=1&b=2"),
+        ("token=abc", ""),
+        ("a=1&token=abc&b=2", "a=1&b=2"),
+        ("Access_Token=abc&tokens=3", "tokens=3"),
+        ("%74oken=abc&x", "x"),
+    ],
+)
+def test_gateway_drops_tokens_from_queries(query: str, forwarded: str) -> None:
+    assert _without_tokens(query) == forwarded

@@ -5,33 +5,26 @@ The pytest-jupyter plugin is loaded on the command line (``make test-server-ext`
 is only allowed in the root conftest, where it would also load into the hub tests.
 
 ``hub_service`` starts ``python -m hub_service`` once per session, as a developer would
-without a hub: static tokens (``HUBSERVE_STATIC_TOKEN_FILE``), a local store and data
-directory, the local deploy backend, on a free loopback port. Each test gets its own Jupyter
+without a hub (:mod:`tests.standalone_service`: static tokens, a local store and data
+directory, the local deploy backend, on a free loopback port). Each test gets its own Jupyter
 server (pytest-jupyter's ``jp_serverapp``) configured from ``hubserve_config``, which test
 classes override for the error cases.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from jupyter_server.serverapp import ServerApp
 from traitlets.config import Config
 
 from jupyter_extension.serverext.handlers import SETTINGS_KEY, ServiceClient
-from tests.live_hub import REPO, free_port
+from tests.live_hub import REPO
+from tests.standalone_service import StandaloneService, standalone_service
 
 ALICE_TOKEN = "alice-service-token"
 BOB_TOKEN = "bob-service-token"
@@ -39,7 +32,6 @@ SERVICE_TOKENS = {
     ALICE_TOKEN: {"name": "alice"},
     BOB_TOKEN: {"name": "bob"},
 }
-STARTUP_TIMEOUT = 60
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024
 """The service's upload limit (small, so a test can exceed it)."""
 #: Variables that would configure the extension (or the service) from outside the test.
@@ -67,83 +59,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@dataclass(frozen=True)
-class LiveService:
-    """The running hub service: its URL (ending in ``/services/hubserve/``) and its files."""
-
-    url: str
-    root: Path
-    log: Path
-
-    def headers(self, token: str = ALICE_TOKEN) -> dict[str, str]:
-        return {"Authorization": f"token {token}"}
-
-
-def _service_environment(root: Path, port: int) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("HUBSERVE_", "JUPYTERHUB_"))
-    }
-    tokens = root / "tokens.json"
-    tokens.write_text(json.dumps(SERVICE_TOKENS), encoding="utf-8")
-    env.update(
-        HUBSERVE_STATIC_TOKEN_FILE=str(tokens),
-        HUBSERVE_SERVICE_URL=f"http://127.0.0.1:{port}",
-        HUBSERVE_DATA_DIR=str(root / "data"),
-        HUBSERVE_STORE=str(root / "store"),
-        HUBSERVE_HOME=str(root / "home"),
-        HUBSERVE_CACHE=str(root / "cache"),
-        HUBSERVE_LIMITS=json.dumps({"max_upload_bytes": MAX_UPLOAD_BYTES}),
-    )
-    return env
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (the service stops its replicas), then kill what is left of its group."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+LiveService = StandaloneService
 
 
 @pytest.fixture(scope="session")
 def hub_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
     """``python -m hub_service`` in standalone mode, up until its healthz answers."""
-    root = tmp_path_factory.mktemp("hub-service")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/services/hubserve/"
-    log = root / "service.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "hub_service"],
-            env=_service_environment(root, port),
-            cwd=root,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"hub_service exited ({process.returncode}):\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"hub_service not up in {STARTUP_TIMEOUT} s:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield LiveService(url=url, root=root, log=log)
-    finally:
-        _stop(process)
+    limits = json.dumps({"max_upload_bytes": MAX_UPLOAD_BYTES})
+    with standalone_service(
+        tmp_path_factory.mktemp("hub-service"), SERVICE_TOKENS, env={"HUBSERVE_LIMITS": limits}
+    ) as service:
+        yield service
 
 
 @pytest.fixture(scope="session")

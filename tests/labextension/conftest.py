@@ -3,10 +3,11 @@
 ``make test-lab`` runs this directory in its own pytest process (after ``make labextension``
 has built the panel into ``jupyter_extension/labextension``):
 
-* ``hub_service``: ``python -m hub_service`` in standalone mode (static tokens, local store
-  and data directory, the local deploy backend) on a free loopback port, as in
-  ``tests/jupyter_server_ext``; ``iris_versions`` pushes two versions of ``examples/iris``
-  into its store through its API (a raw gzip ``POST api/models``), as the user ``alice``.
+* ``hub_service``: ``python -m hub_service`` in standalone mode (:mod:`tests.standalone_service`:
+  static tokens, local store and data directory, the local deploy backend) on a free loopback
+  port, as in ``tests/jupyter_server_ext``; ``iris_versions`` pushes two versions of
+  ``examples/iris`` into its store through its API (a raw gzip ``POST api/models``), as the
+  user ``alice``.
 * ``lab`` / ``lab_factory``: ``jupyter lab`` subprocesses, each in its own temporary tree
   (config, data, runtime, settings and workspaces directories, ``HOME``), so nothing of the
   machine's Jupyter setup leaks in; the server extension is enabled and pointed at the
@@ -33,10 +34,8 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +47,13 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Response, sync_playwright
 
 from tests.live_hub import REPO, free_port
+from tests.standalone_service import (
+    StandaloneService,
+    clean_environment,
+    standalone_service,
+    stop,
+    wait_until_up,
+)
 
 HERE = Path(__file__).parent
 CHROMIUM = Path(os.environ.get("HUBSERVE_CHROMIUM", "/usr/bin/chromium"))
@@ -56,8 +62,6 @@ BUILT_EXTENSION = REPO / "jupyter_extension" / "labextension"
 
 ALICE_TOKEN = "alice-lab-browser-token"
 SERVICE_TOKENS = {ALICE_TOKEN: {"name": "alice"}}
-STARTUP_TIMEOUT = 60.0
-"""Seconds for the service or a Lab to answer after it is started."""
 UI_TIMEOUT_MS = 15_000
 """Playwright's default wait for an element or an action."""
 
@@ -78,66 +82,7 @@ def artifacts_root() -> Path:
 # -- the hub service ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LiveService:
-    """The running hub service (``url`` ends in ``/services/hubserve/``) and its log."""
-
-    url: str
-    root: Path
-    log: Path
-
-    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """``method url+path`` as alice."""
-        headers = {"Authorization": f"token {ALICE_TOKEN}", **kwargs.pop("headers", {})}
-        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kwargs)
-
-    def delete_deployments(self) -> None:
-        """Delete every deployment of alice (cleanup between tests)."""
-        listed = self.call("GET", "api/deployments")
-        listed.raise_for_status()
-        for deployment in listed.json():
-            name = f"{deployment['owner']}/{deployment['name']}"
-            response = self.call("DELETE", f"api/deployments/{name}")
-            assert response.status_code in (204, 404), response.text
-
-
-def _clean_environment() -> dict[str, str]:
-    """This process's environment without anything that configures hubserve or Jupyter."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("HUBSERVE_", "JUPYTERHUB_", "JUPYTER_", "JUPYTERLAB_", "JPY_"))
-    }
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (the service stops its replicas), then kill what is left of its group."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def _wait_until_up(
-    process: subprocess.Popen[bytes], log: Path, what: str, check: Callable[[], bool]
-) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"{what} exited ({process.returncode}):\n{log.read_text()}")
-        try:
-            if check():
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not up in {STARTUP_TIMEOUT} s:\n{log.read_text()}")
-        time.sleep(0.1)
+LiveService = StandaloneService
 
 
 @pytest.fixture(scope="session")
@@ -153,40 +98,12 @@ def artifacts() -> Path:
 def hub_service(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[LiveService]:
     """``python -m hub_service`` in standalone mode, up until its healthz answers."""
     root = tmp_path_factory.mktemp("hub-service")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/services/hubserve/"
-    tokens = root / "tokens.json"
-    tokens.write_text(json.dumps(SERVICE_TOKENS), encoding="utf-8")
-    env = _clean_environment()
-    env.update(
-        HUBSERVE_STATIC_TOKEN_FILE=str(tokens),
-        HUBSERVE_SERVICE_URL=f"http://127.0.0.1:{port}",
-        HUBSERVE_DATA_DIR=str(root / "data"),
-        HUBSERVE_STORE=str(root / "store"),
-        HUBSERVE_HOME=str(root / "home"),
-        HUBSERVE_CACHE=str(root / "cache"),
-    )
-    log = root / "service.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "hub_service"],
-            env=env,
-            cwd=root,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     try:
-        _wait_until_up(
-            process,
-            log,
-            "hub_service",
-            lambda: httpx.get(f"{url}healthz", timeout=2).status_code == 200,
-        )
-        yield LiveService(url=url, root=root, log=log)
+        with standalone_service(root, SERVICE_TOKENS) as service:
+            yield service
     finally:
-        _stop(process)
-        shutil.copyfile(log, artifacts / "hub_service.log")
+        if (root / "service.log").exists():
+            shutil.copyfile(root / "service.log", artifacts / "hub_service.log")
 
 
 @pytest.fixture(scope="session")
@@ -248,7 +165,7 @@ def _lab_tree(root: Path, hubserve: dict[str, Any]) -> dict[str, str]:
     labextensions = root / "jupyter-path" / "labextensions"
     labextensions.mkdir(parents=True)
     (labextensions / EXTENSION_NAME).symlink_to(BUILT_EXTENSION, target_is_directory=True)
-    env = _clean_environment()
+    env = clean_environment()
     env.update(
         HOME=str(root / "home"),
         JUPYTER_CONFIG_DIR=str(root / "config"),
@@ -294,7 +211,7 @@ def _run_lab(root: Path, hubserve: dict[str, Any]) -> Iterator[LabServer]:
             start_new_session=True,
         )
     try:
-        _wait_until_up(
+        wait_until_up(
             process,
             log,
             "jupyter lab",
@@ -309,7 +226,7 @@ def _run_lab(root: Path, hubserve: dict[str, Any]) -> Iterator[LabServer]:
         )
         yield LabServer(url=url, token=token, root=root, log=log)
     finally:
-        _stop(process)
+        stop(process)
 
 
 @pytest.fixture(scope="session")

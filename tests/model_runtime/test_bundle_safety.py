@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from model_runtime import BundleError, UnsafeBundleError, load_bundle
+from model_runtime import BundleError, LocalStore, UnsafeBundleError, load_bundle
 from model_runtime.bundle import Limits, extract_archive, verify_archive
 
 SERVICE = b"from model_runtime import api\n@api\ndef hello(name: str) -> str:\n    return name\n"
@@ -159,6 +159,46 @@ HOSTILE: list[tuple[str, Callable[[tarfile.TarFile], None], str]] = [
         lambda t: add_bytes(t, "bundle.json", b" " * (16 * 1024 * 1024 + 1)),
         "too large",
     ),
+    (
+        "windows drive",
+        with_extra(lambda t: add_bytes(t, "C:/Windows/System32/evil.dll", b"x")),
+        "absolute path",
+    ),
+    ("drive-relative", with_extra(lambda t: add_bytes(t, "C:evil.py", b"x")), "absolute path"),
+    (
+        "hard link inside",
+        with_extra(lambda t: add_special(t, "alias.py", tarfile.LNKTYPE, "service.py")),
+        "may not hold links",
+    ),
+    (
+        "block device",
+        with_extra(lambda t: add_special(t, "disk", tarfile.BLKTYPE)),
+        "device or FIFO",
+    ),
+    (
+        "deeply nested manifest",
+        lambda t: add_bytes(t, "bundle.json", b"[" * 100_000 + b"]" * 100_000),
+        "nested too deeply",
+    ),
+    (
+        "manifest with a bad checksum",
+        lambda t: add_bytes(t, "bundle.json", manifest_for({}, files={"service.py": "x" * 64})),
+        "invalid sha256",
+    ),
+    (
+        "manifest lists a windows path",
+        lambda t: add_bytes(t, "bundle.json", manifest_for({}, files={"C:/x": "0" * 64})),
+        "not a relative path",
+    ),
+    (
+        "artifact outside the bundle",
+        lambda t: add_bytes(
+            t,
+            "bundle.json",
+            manifest_for({}, models=[{"name": "w", "format": "npy", "path": "../../etc/w.npy"}]),
+        ),
+        "artifact path '../../etc/w.npy' is not a relative path",
+    ),
 ]
 
 
@@ -263,3 +303,122 @@ def test_an_unpacked_bundle_loads_again_after_python_cached_its_bytecode(tmp_pat
     (target / "notes.txt").write_text("not in the manifest")
     with pytest.raises(BundleError, match="not listed in the manifest"):
         load_bundle(target)
+
+
+def test_a_member_declaring_a_terabyte_is_refused_before_its_data_is_read(tmp_path: Path) -> None:
+    """The header alone (no data follows) trips the per-member cap: nothing is inflated."""
+    info = tarfile.TarInfo("artifacts/huge.bin")
+    info.size = 1024**4
+    archive = tmp_path / "huge.tar.gz"
+    with gzip.open(archive, "wb") as gz:
+        gz.write(info.tobuf(tarfile.GNU_FORMAT))
+    with pytest.raises(UnsafeBundleError, match="over the 17179869184-byte limit"):
+        extract_archive(archive, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_zstd_archive_is_refused_as_unreadable(tmp_path: Path) -> None:
+    """Bundles are gzip only: a zstd frame (magic number, then data) is not read at all."""
+    archive = tmp_path / "bundle.tar.zst"
+    archive.write_bytes(b"\x28\xb5\x2f\xfd" + bytes(range(64)))
+    with pytest.raises(BundleError, match="not a readable bundle archive"):
+        load_bundle(archive, cache_dir=tmp_path / "cache")
+
+
+# -- artifacts that would run code ------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: the proof that a pickle ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (Path.write_text, (str(self.marker), "pwned"))
+
+
+def _pickle_payload(path: Path, marker: Path) -> dict[str, object]:
+    import pickle
+
+    path.write_bytes(pickle.dumps(_Payload(marker)))
+    return {"format": "pickle", "framework": "python"}
+
+
+def _torch_payload(path: Path, marker: Path) -> dict[str, object]:
+    import torch
+
+    torch.save({"weights": _Payload(marker)}, path)
+    return {"format": "pickle", "framework": "pytorch"}
+
+
+def _npy_payload(path: Path, marker: Path) -> dict[str, object]:
+    import numpy as np
+
+    array = np.empty(1, dtype=object)
+    array[0] = _Payload(marker)
+    with path.open("wb") as fh:
+        np.save(fh, array, allow_pickle=True)
+    return {"format": "npy"}  # claims to be a plain array
+
+
+def _torchscript_payload(path: Path, marker: Path) -> dict[str, object]:
+    import torch
+
+    torch.save(_Payload(marker), path)  # a plain pickle, not TorchScript
+    return {"format": "torchscript"}
+
+
+def _class_payload(path: Path, marker: Path) -> dict[str, object]:
+    """Weights are fine; the class to rebuild is a command runner, its kwargs a command."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(path))
+    return {
+        "format": "safetensors",
+        "class": "subprocess:Popen",
+        "init_kwargs": {"args": ["touch", str(marker)]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (_pickle_payload, "is a pickle, which can run arbitrary code"),
+        (_torch_payload, "is a pickle, which can run arbitrary code"),
+        (_npy_payload, "Object arrays cannot be loaded when allow_pickle=False"),
+        (_torchscript_payload, "failed to run"),
+        (_class_payload, "subprocess:Popen is not a torch module class"),
+    ],
+    ids=["pickle", "torch.save", "npy of objects", "pickle posing as torchscript", "class"],
+)
+def test_artifacts_that_would_run_code_are_refused_without_trust_pickle(
+    tmp_path: Path, make: Callable[[Path, Path], dict[str, object]], message: str
+) -> None:
+    marker = tmp_path / "pwned"
+    weights = tmp_path / "w.bin"
+    entry = {"name": "net", "path": "artifacts/w.bin", **make(weights, marker)}
+    service = SERVICE + b"from model_runtime import load_model\nnet = load_model('net', __file__)\n"
+    contents = {"service.py": service, "artifacts/w.bin": weights.read_bytes()}
+
+    def bundle(tar: tarfile.TarFile) -> None:
+        add_bytes(tar, "bundle.json", manifest_for(contents, models=[entry]))
+        for name, data in contents.items():
+            add_bytes(tar, name, data)
+
+    archive = write_tar(tmp_path / "payload.tar.gz", bundle)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(archive, cache_dir=tmp_path / "cache")
+    assert not marker.exists(), "the artifact ran code"
+
+
+def test_the_store_refuses_a_hostile_archive_before_writing_anything(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    archive = write_tar(
+        tmp_path / "evil.tar.gz", with_extra(lambda t: add_bytes(t, "../../x", b"x"))
+    )
+    with pytest.raises(UnsafeBundleError, match="escapes the bundle"):
+        store.push(archive, owner="mallory")
+    assert store.list_models(owner="mallory") == []
+    assert not (tmp_path / "x").exists()

@@ -14,6 +14,7 @@ and review the diff::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -283,11 +284,14 @@ def test_deployment_pulls_then_serves_the_pinned_version() -> None:
     assert "replicas" not in spec  # the autoscaler owns the replica count
 
 
-def test_batching_and_threads_reach_the_runtime_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_batching_threads_and_job_locations_reach_the_runtime_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The environment the pod gets is what RuntimeSettings parses back."""
     from model_runtime.runtime import RuntimeSettings
 
-    runtime = by_kind(build_manifests(full_target()))["Deployment"]["spec"]["template"]["spec"][
+    target = dataclasses.replace(full_target(), job_locations=("/data/jobs", "s3://jobs/in"))
+    runtime = by_kind(build_manifests(target))["Deployment"]["spec"]["template"]["spec"][
         "containers"
     ][0]
     for item in runtime["env"]:
@@ -297,6 +301,7 @@ def test_batching_and_threads_reach_the_runtime_settings(monkeypatch: pytest.Mon
     assert parsed.threads == 2
     assert parsed.batching["predict"].max_batch_size == 32
     assert parsed.batching["predict"].max_latency_ms == 2.5
+    assert parsed.job_locations == ["/data/jobs", "s3://jobs/in"]
 
 
 def test_threads_default_to_the_cpu_limit() -> None:

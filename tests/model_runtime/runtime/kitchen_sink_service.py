@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_runtime import Service, kinds
+from model_runtime import InvalidInput, Service, kinds
 
 WEIGHTS = torch.arange(8, dtype=torch.float32).reshape(4, 2) / 10
 
@@ -24,7 +24,7 @@ service = Service("sink", description="every input kind")
 def predict(x: np.ndarray) -> np.ndarray:
     """Two scores per row."""
     if (x < -1000).any():
-        raise ValueError("row has a value below -1000")
+        raise InvalidInput("row has a value below -1000")
     return (torch.from_numpy(x) @ WEIGHTS).numpy()
 
 
@@ -35,6 +35,10 @@ def double(x: torch.Tensor) -> torch.Tensor:
 
 @service.api(input=kinds.dataframe(["a", "b"]), output="dataframe")
 def table(df):  # type: ignore[no-untyped-def]
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    if not all(is_numeric_dtype(df[c]) and not is_bool_dtype(df[c]) for c in ("a", "b")):
+        raise InvalidInput("columns a and b must hold numbers")
     return df.assign(total=df["a"] + df["b"])
 
 
@@ -80,6 +84,9 @@ def slow(x: np.ndarray) -> np.ndarray:
 
 @service.api(input="path", output="json")
 def invert(src: Path, out: Path) -> dict:
-    array = np.load(src, allow_pickle=False)
+    try:
+        array = np.load(src, allow_pickle=False)
+    except (OSError, ValueError):
+        raise InvalidInput(f"{src.name} is not a .npy array") from None
     np.save(out / "inverted.npy", -array)
     return {"shape": list(array.shape)}

@@ -143,13 +143,22 @@ def test_failures_in_user_code_are_500_without_traceback(client: TestClient) -> 
 
 
 def test_one_bad_request_in_a_batch_fails_alone(client: TestClient) -> None:
+    """``InvalidInput`` raised by the API: 422 with its message, for that request only."""
     import concurrent.futures
 
     bodies = [[[1.0, 1.0, 1.0, 1.0]]] * 6 + [[[-5000.0, 0.0, 0.0, 0.0]]]
     with concurrent.futures.ThreadPoolExecutor(7) as pool:
         responses = list(pool.map(lambda b: client.post("/predict", json=b), bodies))
-    assert [r.status_code for r in responses] == [200] * 6 + [500]
-    assert "below -1000" in responses[-1].json()["detail"]
+    assert [r.status_code for r in responses] == [200] * 6 + [422]
+    assert responses[-1].json() == {"detail": "row has a value below -1000"}
+    assert all(np.allclose(r.json(), [[1.2, 1.6]]) for r in responses[:-1])
+
+
+def test_invalid_input_raised_by_the_api_is_422_over_oip(client: TestClient) -> None:
+    tensor = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [-5000.0, 0, 0, 0]}
+    response = client.post("/v2/models/predict/infer", json={"inputs": [tensor]})
+    assert response.status_code == 422
+    assert response.json() == {"error": "row has a value below -1000"}
 
 
 def test_oversized_body_is_413(sink_bundle: BuiltBundle, tmp_path: Path) -> None:
@@ -157,6 +166,35 @@ def test_oversized_body_is_413(sink_bundle: BuiltBundle, tmp_path: Path) -> None
         response = client.post("/predict", json=[[1.0, 2.0, 3.0, 4.0]] * 200)
         assert response.status_code == 413
         assert "larger than 2048 bytes" in response.json()["detail"]
+
+
+def test_oversized_oip_body_is_413_before_it_is_read(
+    sink_bundle: BuiltBundle, tmp_path: Path
+) -> None:
+    tensor = {"name": "x", "shape": [200, 4], "datatype": "FP32", "data": [0.5] * 800}
+    with make_client(sink_bundle, tmp_path, max_body_bytes=2048) as client:
+        response = client.post("/v2/models/predict/infer", json={"inputs": [tensor]})
+        assert response.status_code == 413
+        assert response.json() == {"error": "request body is larger than 2048 bytes"}
+
+
+def test_a_model_slower_than_the_request_timeout_is_504(
+    sink_bundle: BuiltBundle, tmp_path: Path
+) -> None:
+    """The caller stops waiting (REST and OIP); once the model thread has finished the calls
+    that timed out (a thread cannot be interrupted), the runtime answers again."""
+    with make_client(sink_bundle, tmp_path, request_timeout=0.05) as client:
+        rest = client.post("/slow", json=[[1.0]])
+        assert rest.status_code == 504
+        assert rest.json() == {"detail": "slow did not answer within 0.05 s"}
+        tensor = {"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}
+        oip = client.post("/v2/models/slow/infer", json={"inputs": [tensor]})
+        assert oip.status_code == 504
+        assert oip.json() == {"error": "slow did not answer within 0.05 s"}
+        deadline = time.monotonic() + 10
+        while (answer := client.post("/predict", json=ROWS)).status_code == 504:
+            assert time.monotonic() < deadline
+        assert answer.status_code == 200
 
 
 def test_overload_is_503_with_retry_after(sink_bundle: BuiltBundle, tmp_path: Path) -> None:
@@ -245,7 +283,10 @@ def test_batch_job_over_a_folder_with_a_corrupt_file(client: TestClient, tmp_pat
     assert status["state"] == "completed_with_errors"
     assert (status["items_total"], status["items_done"], status["items_failed"]) == (5, 5, 1)
     failed = [item for item in status["items"] if not item["ok"]]
-    assert [item["item"] for item in failed] == ["broken.npy"]
+    # InvalidInput raised by the API: the item's error is its message alone.
+    assert [(item["item"], item["error"]) for item in failed] == [
+        ("broken.npy", "broken.npy is not a .npy array")
+    ]
     assert np.array_equal(np.load(outbox / "img3" / "inverted.npy"), -np.full((2, 2), 3))
     assert client.get("/jobs").json()[0]["id"] == job_id
     # The API's own route starts a job too.
@@ -273,3 +314,31 @@ def test_job_errors(client: TestClient, tmp_path: Path) -> None:
     )
     assert client.post("/jobs/invert", json={"input": "/tmp"}).status_code == 422
     assert client.get("/jobs/deadbeef").status_code == 404
+
+
+def test_jobs_stay_inside_the_allowed_locations(sink_bundle: BuiltBundle, tmp_path: Path) -> None:
+    """``job_locations`` confines jobs: no other folder, no ``..``, no symlink out of it."""
+    allowed, elsewhere = tmp_path / "allowed", tmp_path / "elsewhere"
+    for folder in (allowed / "in", elsewhere):
+        folder.mkdir(parents=True)
+        np.save(folder / "a.npy", np.zeros(2, dtype=np.float32))
+    (allowed / "link").symlink_to(elsewhere)
+    refused = [
+        (str(elsewhere), str(allowed / "out")),
+        (str(allowed / "in"), str(elsewhere / "out")),
+        (f"{allowed}/../elsewhere", str(allowed / "out")),
+        (str(allowed / "link"), str(allowed / "out")),
+        (f"file://{elsewhere}", str(allowed / "out")),
+        ("s3://bucket/data", str(allowed / "out")),
+        ("webdav://user:hunter2@dav.example:8080/in", str(allowed / "out")),
+    ]
+    with make_client(sink_bundle, tmp_path, job_locations=[str(allowed)]) as client:
+        for source, target in refused:
+            response = client.post("/jobs/invert", json={"input": source, "output": target})
+            assert response.status_code == 422, (source, target, response.text)
+            assert "is not a location this runtime's jobs may use" in response.json()["detail"]
+            assert "hunter2" not in response.text
+        ok = client.post(
+            "/jobs/invert", json={"input": str(allowed / "in"), "output": str(allowed / "out")}
+        )
+        assert ok.status_code == 202, ok.text

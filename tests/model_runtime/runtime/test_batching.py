@@ -445,3 +445,104 @@ def test_misuse_is_refused() -> None:
         assert caught.value.retry_after > 0
 
     asyncio.run(main())
+
+
+# -- properties under arbitrary traffic ---------------------------------------------------------
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    requests=st.lists(
+        st.tuples(
+            st.integers(1, 12),
+            st.sampled_from([0.0, 0.0, 0.0005, 0.002]),
+            st.sampled_from([None, None, None, 0.0, 0.001, 0.004]),
+            st.sampled_from([False] * 5 + [True]),
+        ),
+        min_size=1,
+        max_size=24,
+    ),
+    max_batch_size=st.integers(1, 16),
+    max_queue_rows=st.one_of(st.integers(1, 24), st.just(1024)),
+    stop_at=st.one_of(st.just(24), st.integers(0, 23)),  # 24: after the last request
+    drain=st.booleans(),
+)
+def test_any_traffic_keeps_every_promise(
+    requests: list[tuple[int, float, float | None, bool]],
+    max_batch_size: int,
+    max_queue_rows: int,
+    stop_at: int,
+    drain: bool,
+) -> None:
+    """Sizes, gaps, callers that leave, bad requests, a full queue and a stop, in any mix.
+
+    Every request ends (no future left pending after stop) with exactly one of: its own rows
+    through the model, in order; the model's error if and only if it is a bad request;
+    :class:`Overloaded`; or its cancellation. The queue never holds more than
+    ``max_queue_rows`` rows, a batch of several requests never more than ``max_batch_size``,
+    and a draining stop serves everything queued before it.
+    """
+    model = Model(fixed=0.002)
+    # Tags from 1: a bad request is all negative, so the model refuses it whatever its size.
+    inputs = [
+        -data(n, i + 1) if bad else data(n, i + 1) for i, (n, _, _, bad) in enumerate(requests)
+    ]
+    queue_sizes: list[int] = []
+
+    async def main() -> list[asyncio.Task[Any]]:
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[Any]] = []
+        stopping: asyncio.Task[None] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="model") as executor:
+            batcher = AdaptiveBatcher(
+                "predict",
+                model,
+                concat=concat,
+                split=split,
+                rows=rows,
+                executor=executor,
+                max_batch_size=max_batch_size,
+                max_latency_ms=2,
+                max_queue_rows=max_queue_rows,
+            )
+            batcher.start()
+            for index, (x, (_, pause, leave_after, _)) in enumerate(
+                zip(inputs, requests, strict=True)
+            ):
+                if index == stop_at:
+                    stopping = asyncio.create_task(batcher.stop(drain=drain))
+                task = asyncio.create_task(batcher.submit(x))
+                tasks.append(task)
+                if leave_after is not None:
+                    loop.call_later(leave_after, task.cancel)
+                await asyncio.sleep(pause)
+                queue_sizes.append(batcher.queue_rows)
+            await (stopping or batcher.stop(drain=drain))
+            _, pending = await asyncio.wait(tasks, timeout=10)
+            assert not pending, "a request was left waiting after stop"
+            assert batcher.queue_rows == 0
+        return tasks
+
+    tasks = asyncio.run(main())
+    assert max(queue_sizes) <= max_queue_rows
+    for index, (task, x, (_, _, _, bad)) in enumerate(zip(tasks, inputs, requests, strict=True)):
+        if task.cancelled():
+            continue
+        error = task.exception()
+        if error is None:
+            assert not bad
+            np.testing.assert_array_equal(task.result(), 2 * x + 1)
+        elif isinstance(error, Overloaded):
+            if drain and index < stop_at:  # queued before a draining stop: refused only if full
+                assert "is full" in str(error), error
+        else:
+            assert bad and isinstance(error, ValueError) and str(error) == "negative input"
+    for call in model.calls:
+        tags = np.unique(np.abs(call[:, 0]))
+        assert len(tags) == 1 or len(call) <= max_batch_size

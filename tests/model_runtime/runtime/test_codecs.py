@@ -831,9 +831,16 @@ def test_request_media_types_returns_a_fresh_list() -> None:
 
 
 def test_array_schemas_follow_shape_and_dtype() -> None:
+    largest = float(np.finfo(np.float32).max)  # larger JSON numbers overflow float32: 422
     assert json_schema(ndarray("float32", (-1, 2))) == {
         "type": "array",
-        "items": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+        "minItems": 1,  # ``[]`` would lose the inner dimension
+        "items": {
+            "type": "array",
+            "items": {"type": "number", "minimum": -largest, "maximum": largest},
+            "minItems": 2,
+            "maxItems": 2,
+        },
     }
     assert json_schema(tensor("uint8", (3,))) == {
         "type": "array",
@@ -842,8 +849,12 @@ def test_array_schemas_follow_shape_and_dtype() -> None:
         "maxItems": 3,
     }
     assert json_schema(ndarray("bool", ())) == {"type": "boolean"}
-    assert json_schema(ndarray("str", (-1,))) == {"type": "array", "items": {"type": "string"}}
-    assert json_schema(ndarray("object", (-1,))) == {"type": "array", "items": {}}
+    assert json_schema(ndarray("str", (-1,))) == {
+        "type": "array",
+        "items": {"type": "string"},
+        "minItems": 1,
+    }
+    assert json_schema(ndarray("object", (-1,))) == {"type": "array", "items": {}, "minItems": 1}
     assert json_schema(ndarray("bfloat16", ())) == {"type": "number"}
     assert json_schema(ndarray("float32")) == {"type": "array"}
 

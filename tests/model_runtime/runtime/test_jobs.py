@@ -29,6 +29,7 @@ from model_runtime.runtime._locations import (
     LocationError,
     LocationUnavailableError,
     S3Credentials,
+    check_allowed,
     open_location,
 )
 from model_runtime.testing.s3server import S3Server
@@ -668,3 +669,46 @@ def test_locations_list_fetch_and_commit_alike(populated: Location, tmp_path: Pa
     assert (tmp_path / "s.txt").read_bytes() == b"s"
     with pytest.raises(LocationError, match="outside the output location"):
         populated.commit(tmp_path / "results", "../escape")
+
+
+@pytest.mark.parametrize(
+    ("uri", "allowed"),
+    [
+        ("s3://bucket/jobs", True),
+        ("s3://bucket/jobs/run1", True),
+        ("s3://bucket/jobsx", False),
+        ("s3://bucket/jobs/../other", False),
+        ("s3://other/jobs", False),
+        ("webdav://alice:secret@dav:8080/share/in", True),
+        ("webdav://dav:8081/share/in", False),
+        ("webdav://dav:notaport/share", False),
+        ("/srv/data/in", True),
+        ("/srv/data/../etc", False),
+        ("file:///srv/data/x", True),
+        ("/srv/data\x00/x", False),
+    ],
+)
+def test_allowed_locations_are_prefixes_after_normalisation(uri: str, allowed: bool) -> None:
+    roots = ["s3://bucket/jobs", "webdav://dav:8080/share", "/srv/data"]
+    if allowed:
+        check_allowed(uri, roots)
+    else:
+        with pytest.raises(LocationError) as refused:
+            check_allowed(uri, roots)
+        assert "secret" not in str(refused.value)
+    check_allowed(uri, [])  # no roots: anything goes
+
+
+@pytest.mark.s3
+def test_a_full_local_disk_is_not_blamed_on_s3(
+    s3_bucket: tuple[Minio, str, S3Credentials],
+) -> None:
+    """Fetching an input onto a full disk (``/dev/full``: every write is ENOSPC) names the
+    local disk, not the server."""
+    client, bucket, credentials = s3_bucket
+    put_objects(client, bucket, {"in/a.fits": b"a" * 100_000})
+    location = open_location(f"s3://{bucket}/in", s3=credentials)
+    with pytest.raises(LocationError, match=r"cannot write a\.fits locally: No space left") as err:
+        location.fetch("a.fits", Path("/dev/full"))
+    assert not isinstance(err.value, LocationUnavailableError)
+    assert "S3" not in str(err.value)
