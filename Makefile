@@ -6,7 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint typecheck unit test-hub test-server-ext test-lab labextension test-lab-unit venv clean
+.PHONY: up test lint typecheck unit test-hub test-server-ext test-lab labextension test-lab-unit \
+	soak soak-ci venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +27,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests/model_runtime tests/examples -p no:cacheprovider
 
-test: lint typecheck unit test-hub test-server-ext test-lab labextension test-lab-unit
+test: lint typecheck unit test-hub test-server-ext test-lab labextension test-lab-unit soak-ci
 
 # The JupyterLab panel (labextension/, TypeScript), built into a prebuilt extension in
 # jupyter_extension/labextension/ (shipped in the wheel). npm ci runs when package.json or
@@ -89,6 +90,20 @@ test-server-ext: $(STAMP)
 # (or $HUBSERVE_TEST_ARTIFACTS/labextension/).
 test-lab: $(STAMP) labextension
 	$(PY) -m pytest tests/labextension -p no:cacheprovider
+
+# Load on the whole stack (bench/soak.py): JupyterHub + proxy + hubserve + 2 iris replicas,
+# 64 clients through the proxy for SOAK_SECONDS, then beyond the queue and rate limits. Fails
+# on any error, a growing p99 or a growing RSS. `make soak` writes its results to
+# bench/results/; `make soak-ci` (in `make test`) is the 2-minute version, results in
+# $(SOAK_CI_OUT).
+SOAK_SECONDS ?= 600
+SOAK_CI_OUT  ?= .hubserve/soak-ci
+
+soak: $(STAMP) $(CHP)
+	$(PY) bench/soak.py --seconds $(SOAK_SECONDS)
+
+soak-ci: $(STAMP) $(CHP)
+	HUBSERVE_BENCH_OUT=$(SOAK_CI_OUT) $(PY) bench/soak.py --seconds 120
 
 clean:
 	rm -rf $(VENV) .hubserve build *.egg-info .pytest_cache .mypy_cache .ruff_cache \

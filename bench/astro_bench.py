@@ -49,7 +49,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,9 +59,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from _common import REPO, RESULTS_DIR, cores_busy_seconds, cpu_seconds, free_port
+
 ASTRO = REPO / "examples" / "astro"
-RESULTS_DIR = REPO / "bench" / "results"
 POLL_SECONDS = 0.25
 MODES = ("model", "function", "served")
 #: Images of the batch-8 measurement (a reference point, not the ratio: it is kept short).
@@ -70,23 +69,6 @@ BATCH8_IMAGES = 64
 
 
 # -- CPU accounting (Linux) -------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cores_busy_seconds(cpus: list[int]) -> float:
-    """Time the given cores spent running anything (user, nice, system) or lost to steal."""
-    total = 0.0
-    for line in Path("/proc/stat").read_text().splitlines():
-        name = line.split(" ", 1)[0]
-        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
-            user, nice, system, _idle, _iowait, _irq, _softirq, steal = map(int, line.split()[1:9])
-            total += user + nice + system + steal
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu_seconds() -> float:
@@ -189,12 +171,6 @@ def _noise(busy: float, own: float, wall: float, n_cores: int) -> float:
 # -- the served measurement -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def http_json(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -211,7 +187,7 @@ def http_json(port: int, method: str, path: str, body: Any = None) -> tuple[int,
 @contextlib.contextmanager
 def served(bundle: Path, cpus: list[int], work: Path) -> Iterator[tuple[int, int]]:
     """``hubserve serve`` pinned to ``cpus``; yields (port, pid) once ready."""
-    port = _free_port()
+    port = free_port()
     log = work / f"serve-{port}.log"
     env = {**os.environ, "HUBSERVE_HOME": str(work / "home"), "TMPDIR": str(work)}
     command = [

@@ -22,7 +22,7 @@ MLP whose batchable ``predict`` API takes ``[[5.1, 3.5, 1.4, 0.2]]``) and real p
    * ``gateway``: the static-token service's gateway on 127.0.0.1 (uvicorn, no proxy);
 
    and, in a second phase with a real JupyterHub (configured like
-   ``tests/hub_service/conftest.py``; the hub starts configurable-http-proxy and the service,
+   ``tests/live_hub.py``, which it uses; the hub starts configurable-http-proxy and the service,
    which resolves hub tokens through the hub API, cached 60 s), against
 
    * ``hub_direct``: the hub-managed deployment's replica (same-phase baseline);
@@ -73,20 +73,22 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO / "bench" / "results"
-sys.path.insert(0, str(REPO / "bench"))
-rb = importlib.import_module("runtime_bench")  # h2load parsing, /proc readers, process groups
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common
+from _common import REPO, RESULTS_DIR
+
+sys.path.insert(0, str(REPO))
+from tests.live_hub import HubStartError, chp_path, running_hub
 
 PREFIX = "/services/hubserve"
 USER = "bench"
 MODEL = "iris"
 SOURCE = REPO / "examples" / "iris" / "iris.py"
 BODY = b"[[5.1,3.5,1.4,0.2]]"
-CHP = REPO / ".hubserve" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
 #: Seconds between two polls while waiting for the first prediction.
 POLL = 0.005
 #: Processes whose CPU time each run records, in the order of the chain.
@@ -105,34 +107,6 @@ signal.signal(signal.SIGUSR1, start)
 signal.signal(signal.SIGUSR2, stop)
 runpy.run_module("hub_service", run_name="__main__", alter_sys=True)
 """
-
-HUB_CONFIG = """\
-import hub_service
-
-c.JupyterHub.ip = "127.0.0.1"
-c.JupyterHub.port = {proxy_port}
-c.JupyterHub.hub_ip = "127.0.0.1"
-c.JupyterHub.hub_port = {hub_port}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
-c.ConfigurableHTTPProxy.command = [{chp!r}]
-c.JupyterHub.db_url = "sqlite:///{root}/jupyterhub.sqlite"
-c.JupyterHub.cookie_secret_file = "{root}/jupyterhub_cookie_secret"
-c.JupyterHub.authenticator_class = "shared-password"
-c.SharedPasswordAuthenticator.user_password = {password!r}
-c.Authenticator.allow_all = True
-c.JupyterHub.services = [{{"name": "bench-admin", "api_token": {admin_token!r}}}]
-c.JupyterHub.load_roles = [
-    {{
-        "name": "bench-admin",
-        "scopes": ["admin:users", "tokens"],
-        "services": ["bench-admin"],
-    }}
-]
-hub_service.configure_jupyterhub(
-    c, port={service_port}, store="{root}/store", data_dir="{root}/service"
-)
-"""
-
 
 # ---------------------------------------------------------------------------- processes
 
@@ -174,7 +148,7 @@ class Proc:
 
     def stop(self) -> None:
         """SIGTERM the group, SIGKILL after 15 s (a service stops its replicas meanwhile)."""
-        rb.kill_group(self.pid, rb._popen_waiter(self.popen))
+        common.kill_group(self.pid, common.popen_waiter(self.popen))
 
 
 def wait_until(check: Callable[[], bool], proc: Proc, timeout: float, what: str) -> None:
@@ -393,7 +367,7 @@ def run_h2load(
         command += ["-H", f"{key}: {value}"]
     command += ["--log-file", str(log_path), target.url]
 
-    result = rb.LoadResult(concurrency, duration)
+    result = common.LoadResult(concurrency, duration)
     core = int(args.server_cpu) if args.pin else None
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     launched = time.perf_counter()
@@ -401,8 +375,8 @@ def run_h2load(
     try:
         # CPU is read around the measured phase only: after the warm-up, until h2load ends.
         time.sleep(args.warmup)
-        cpu_before = {role: rb.cpu_seconds(pid) for role, pid in target.pids.items()}
-        busy_before = rb.core_busy_seconds(core) if core is not None else 0.0
+        cpu_before = {role: common.cpu_seconds(pid) for role, pid in target.pids.items()}
+        busy_before = common.cores_busy_seconds([core]) if core is not None else 0.0
         started = time.perf_counter()
         stdout, _ = process.communicate(timeout=duration + 60)
         elapsed = time.perf_counter() - started
@@ -410,13 +384,15 @@ def run_h2load(
         if process.poll() is None:
             process.kill()
             process.wait()
-    cpu_used = {role: rb.cpu_seconds(pid) - cpu_before[role] for role, pid in target.pids.items()}
-    busy = rb.core_busy_seconds(core) - busy_before if core is not None else 0.0
+    cpu_used = {
+        role: common.cpu_seconds(pid) - cpu_before[role] for role, pid in target.pids.items()
+    }
+    busy = common.cores_busy_seconds([core]) - busy_before if core is not None else 0.0
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     total_wall = time.perf_counter() - launched
     if process.returncode != 0:
         raise RuntimeError(f"h2load failed ({process.returncode}):\n{stdout[-2000:]}")
-    rb.parse_h2load(stdout, log_path, result)
+    common.parse_h2load(stdout, log_path, result)
     status, answer = call(target.port, "POST", target.path, BODY, target.headers)
     if status != 200:
         raise RuntimeError(f"{target.name} answered {status} after the run: {answer[:300]!r}")
@@ -612,6 +588,7 @@ def start_static_service(
         "HUBSERVE_SERVICE_URL": f"http://127.0.0.1:{port}",
         "HUBSERVE_DATA_DIR": str(root / "service"),
         "HUBSERVE_STORE": str(root / "store"),
+        "HUBSERVE_GATEWAY_RATE_LIMIT": "0",  # the runs measure the gateway, not its limit
     }
     if profile is None:
         command = [sys.executable, "-m", "hub_service"]
@@ -638,7 +615,7 @@ def static_phase(
     tokens.write_text(json.dumps({token: {"name": USER}}))
     headers = {"authorization": f"token {token}"}
     data_dir = root / "service"
-    port = rb.free_port()
+    port = common.free_port()
     print("static-token service (no JupyterHub)", flush=True)
     service = start_static_service(root, tokens, port, args)
     try:
@@ -713,7 +690,7 @@ def profile_phase(
 ) -> None:
     """Restart the static-token service under cProfile; profile one C=16 run of the gateway."""
     profile_file = work / "gateway.prof"
-    port = rb.free_port()
+    port = common.free_port()
     print("profile: static-token service under cProfile", flush=True)
     started = time.perf_counter()
     service = start_static_service(root, tokens, port, args, profile=profile_file)
@@ -768,53 +745,28 @@ def hub_phase(archive: Path, args: argparse.Namespace, work: Path, results: dict
 
     root = work / "hub"
     root.mkdir()
-    proxy_port, proxy_api_port, hub_port, service_port = (rb.free_port() for _ in range(4))
-    admin_token = secrets.token_hex(32)
-    (root / "jupyterhub_config.py").write_text(
-        HUB_CONFIG.format(
-            proxy_port=proxy_port,
-            proxy_api_port=proxy_api_port,
-            hub_port=hub_port,
-            service_port=service_port,
-            chp=str(args.chp),
-            root=root,
-            password=secrets.token_hex(16),
-            admin_token=admin_token,
-        )
-    )
+    # Long auth caches as in production, and no rate limit: the runs measure the chain's cost.
+    env = {
+        "HUBSERVE_POSITIVE_TTL": "60",
+        "HUBSERVE_NEGATIVE_TTL": "5",
+        "HUBSERVE_GATEWAY_RATE_LIMIT": "0",
+    }
     print("JupyterHub + configurable-http-proxy + hub-managed service", flush=True)
     started = time.perf_counter()
-    hub = Proc(
-        "jupyterhub",
-        [*args.server_pin, sys.executable, "-m", "jupyterhub", "-f", "jupyterhub_config.py"],
-        root / "jupyterhub.log",
-        base_env(),
-        cwd=root,
-    )
-    try:
-        admin = {"authorization": f"token {admin_token}"}
-        wait_until(
-            lambda: call(proxy_port, "GET", "/hub/api/", None, admin)[0] == 200, hub, 60, "hub API"
-        )
-        wait_until(
-            lambda: call(proxy_port, "GET", f"{PREFIX}/healthz")[0] == 200, hub, 60, "service"
-        )
+    with contextlib.ExitStack() as stack:
+        own = os.sched_getaffinity(0)
+        if args.pin:  # the hub inherits it, and the proxy, service and replicas from the hub
+            os.sched_setaffinity(0, {int(args.server_cpu)})
+        try:
+            hub = stack.enter_context(running_hub(root, extra_env=env))
+        finally:
+            os.sched_setaffinity(0, own)
         results["hub_start_s"] = time.perf_counter() - started
-        status, body = call(
-            proxy_port, "POST", "/hub/api/users", json.dumps({"usernames": [USER]}).encode(), admin
-        )
-        if status != 201:
-            raise RuntimeError(f"creating the hub user answered {status}: {body[:300]!r}")
-        status, body = call(
-            proxy_port,
-            "POST",
-            f"/hub/api/users/{USER}/tokens",
-            json.dumps({"note": "gateway bench", "expires_in": 3600}).encode(),
-            admin,
-        )
-        if status != 201:
-            raise RuntimeError(f"creating a token answered {status}: {body[:300]!r}")
-        headers = {"authorization": f"token {json.loads(body)['token']}"}
+        proxy_port = int(urlsplit(hub.url).port or 80)
+        response = hub.api.post("/users", json={"usernames": [USER]})
+        if response.status_code != 201:
+            raise RuntimeError(f"creating the hub user answered {response.status_code}")
+        headers = {"authorization": f"token {hub.create_token(USER)[0]}"}
         LocalStore(root / "store").push(archive, owner=USER)
         data_dir = root / "service"
         deploy = time_deploy(proxy_port, headers, data_dir, USER)
@@ -851,7 +803,7 @@ def hub_phase(archive: Path, args: argparse.Namespace, work: Path, results: dict
             Target(
                 "hub_gateway",
                 "the hub-managed service's own port, hub token (no proxy)",
-                service_port,
+                hub.service_port,
                 path,
                 headers,
                 {k: pids[k] for k in ("replica", "gateway", "hub")},
@@ -871,11 +823,6 @@ def hub_phase(archive: Path, args: argparse.Namespace, work: Path, results: dict
         results["targets"] += [
             {"name": t.name, "description": t.description, "url": t.url} for t in targets
         ]
-    finally:
-        hub.stop()  # the hub stops the proxy and the service; the service its replicas
-        pid_file = root / "jupyterhub-proxy.pid"
-        with contextlib.suppress(OSError, ValueError, ProcessLookupError):
-            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
 
 
 # ---------------------------------------------------------------------------- reporting
@@ -929,7 +876,7 @@ def overheads(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
-    return rb._fmt(value, digits)
+    return common.fmt(value, digits)
 
 
 def report(results: dict[str, Any]) -> str:
@@ -1066,8 +1013,8 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
         name: _version(name)
         for name in ("jupyterhub", "fastapi", "starlette", "uvicorn", "httpx", "httpcore", "torch")
     }
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        package = args.chp.resolve().parent.parent / "package.json"
+    with contextlib.suppress(HubStartError, OSError, ValueError, KeyError):
+        package = chp_path().resolve().parent.parent / "package.json"
         versions["configurable-http-proxy"] = json.loads(package.read_text())["version"]
     with contextlib.suppress(OSError):
         versions["node"] = subprocess.run(
@@ -1100,8 +1047,8 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
         "sniffio_importable": sniffio == 0,
         "commit": commit,
         # Others may be editing the service: identify the code that was measured.
-        "hub_service_sources_sha256": rb._sources_digest(REPO / "hub_service"),
-        "runtime_sources_sha256": rb._sources_digest(REPO / "model_runtime"),
+        "hub_service_sources_sha256": common.sources_digest(REPO / "hub_service"),
+        "runtime_sources_sha256": common.sources_digest(REPO / "model_runtime"),
         "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
     }
 
@@ -1121,7 +1068,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not use taskset")
     parser.add_argument("--server-cpu", default="0", help="core of the servers")
     parser.add_argument("--client-cpu", default="1", help="core of h2load and this script")
-    parser.add_argument("--chp", type=Path, default=Path(os.environ.get("HUBSERVE_CHP", CHP)))
     parser.add_argument("--output", type=Path, help="JSON results file [bench/results/...]")
     parser.add_argument("--keep-work", action="store_true", help="keep logs and data dirs")
     args = parser.parse_args(argv)
@@ -1143,8 +1089,11 @@ def main(argv: list[str] | None = None) -> int:
     for tool in tools:
         if not any((Path(d) / tool).exists() for d in os.environ.get("PATH", "").split(":")):
             sys.exit(f"{tool} is required (Debian: apt install nghttp2-client util-linux)")
-    if not args.no_hub and not args.chp.exists():
-        sys.exit(f"configurable-http-proxy not found at {args.chp}: run `make test-hub`")
+    if not args.no_hub:
+        try:
+            chp_path()
+        except HubStartError as exc:
+            sys.exit(str(exc))
     signal.signal(signal.SIGTERM, _raise_exit)
     if args.pin:
         os.sched_setaffinity(0, {int(args.client_cpu)})
@@ -1183,7 +1132,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(results))
     output = args.output or RESULTS_DIR / f"gateway_{datetime.now():%Y-%m-%d-%H%M%S}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(rb._json_safe(results), indent=2) + "\n")
+    output.write_text(json.dumps(common.json_safe(results), indent=2) + "\n")
     print(f"\nresults: {output}")
     return 0
 

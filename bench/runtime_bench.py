@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import http.client
 import importlib
 import json
@@ -51,23 +50,36 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import numpy as np
+from _common import (
+    REPO,
+    RESULTS_DIR,
+    LoadResult,
+    cores_busy_seconds,
+    cpu_seconds,
+    fmt,
+    free_port,
+    json_safe,
+    kill_group,
+    parse_h2load,
+    pid_waiter,
+    popen_waiter,
+    rss_mb,
+    sources_digest,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO / "bench" / "results"
 PLAIN_SERVER = REPO / "bench" / "plain_server.py"
 MODEL_ONLY_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 MODEL_ONLY_ROUNDS = 3
@@ -299,39 +311,6 @@ def measure_model_only(case: ModelCase, cpu: str, seconds: float) -> dict[str, A
 # ---------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of ``pid`` in MiB (``VmRSS``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def core_busy_seconds(cpu: int) -> float:
-    """Time one core spent on processes (user, nice, system) or lost to the hypervisor (steal).
-
-    Interrupt and softirq time is left out: on loopback, much of it is the servers' own network
-    traffic, which the kernel does not charge to the process.
-    """
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{cpu} "):
-            user, nice, system, _idle, _iowait, _irq, _softirq, steal = map(int, line.split()[1:9])
-            return (user + nice + system + steal) / os.sysconf("SC_CLK_TCK")
-    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
-
-
 def http_request(
     port: int, method: str, path: str, body: bytes | None = None, timeout: float = 10.0
 ) -> tuple[int, bytes]:
@@ -374,46 +353,6 @@ def wait_first_prediction(
     raise TimeoutError(f"no correct prediction from port {port} in {timeout} s")
 
 
-def kill_group(pid: int, wait: Callable[[float], bool]) -> None:
-    """SIGTERM the process group ``pid`` leads, then SIGKILL it if ``wait(seconds)`` fails."""
-    for sig, seconds in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        if wait(seconds):
-            return
-
-
-def _popen_waiter(process: subprocess.Popen[bytes]) -> Callable[[float], bool]:
-    def wait(seconds: float) -> bool:
-        try:
-            process.wait(seconds)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-
-    return wait
-
-
-def _pid_waiter(pid: int) -> Callable[[float], bool]:
-    """For processes that are not our children (zygote launches): watch ``/proc``."""
-
-    def wait(seconds: float) -> bool:
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                return True
-            if state == "Z":
-                return True
-            time.sleep(0.05)
-        return False
-
-    return wait
-
-
 class Server:
     """A server process in its own process group, pinned to one core; killed on exit."""
 
@@ -453,7 +392,7 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         process, self.process = self.process, None
         if process is not None:
-            kill_group(process.pid, _popen_waiter(process))
+            kill_group(process.pid, popen_waiter(process))
 
     @property
     def pid(self) -> int:
@@ -507,76 +446,6 @@ class Server:
 # ------------------------------------------------------------------------------- h2load
 
 
-@dataclass
-class LoadResult:
-    """One closed-loop h2load run against one server."""
-
-    concurrency: int
-    duration_s: float
-    requests_ok: int = 0
-    errors: int = 0
-    req_per_s: float = 0.0
-    p50_ms: float = float("nan")
-    p90_ms: float = float("nan")
-    p99_ms: float = float("nan")
-    max_ms: float = float("nan")
-    h2load_req_per_s: float = 0.0
-    h2load_summary: dict[str, int] = field(default_factory=dict)
-    rss_before_mb: float = 0.0
-    rss_after_mb: float = 0.0
-    server_cpu_pct: float = 0.0
-    noise_pct: float = 0.0
-    loadgen_cpu_pct: float = 0.0
-    mean_batch: float | None = None
-    #: Model-thread time per row (hubserve only): compare with the model-only figure to tell
-    #: a model that runs slower in the server from overhead outside the model.
-    model_ms_per_item: float | None = None
-    correct_after: bool = True
-
-
-_SUMMARY_PATTERNS = {
-    "requests": r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
-    r"(\d+) failed, (\d+) errored, (\d+) timeout",
-    "status": r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx",
-    "rate": r"finished in [\d.]+\w*, ([\d.]+) req/s",
-}
-
-
-def parse_h2load(stdout: str, log_path: Path, result: LoadResult) -> None:
-    """Fill ``result`` from h2load's summary (counters) and per-request log (latencies).
-
-    The log holds the requests of the main phase only (the warm-up is not logged): column 2
-    is the status (-1 for a failed stream), column 3 the microseconds until the response ended.
-    """
-    summary: dict[str, int] = {}
-    if match := re.search(_SUMMARY_PATTERNS["requests"], stdout):
-        keys = ("total", "started", "done", "succeeded", "failed", "errored", "timeout")
-        summary |= dict(zip(keys, map(int, match.groups()), strict=True))
-    if match := re.search(_SUMMARY_PATTERNS["status"], stdout):
-        summary |= dict(zip(("2xx", "3xx", "4xx", "5xx"), map(int, match.groups()), strict=True))
-    if match := re.search(_SUMMARY_PATTERNS["rate"], stdout):
-        result.h2load_req_per_s = float(match.group(1))
-    result.h2load_summary = summary
-
-    rows = np.loadtxt(log_path, dtype=np.int64, ndmin=2) if log_path.stat().st_size else None
-    if rows is None or rows.size == 0:
-        result.errors = summary.get("total", 0)
-        return
-    status, micros = rows[:, 1], rows[:, 2]
-    ok = (status >= 200) & (status < 300)
-    latencies = micros[ok] / 1000.0
-    result.requests_ok = int(ok.sum())
-    # Everything h2load counted that did not end in a 2xx: non-2xx answers, failed, errored
-    # and timed-out streams (whether the log lists the latter depends on the h2load version).
-    not_ok = summary.get("total", 0) - summary.get("2xx", 0)
-    result.errors = max(int((~ok).sum()), not_ok)
-    result.req_per_s = result.requests_ok / result.duration_s
-    if latencies.size:
-        p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
-        result.p50_ms, result.p90_ms, result.p99_ms = float(p50), float(p90), float(p99)
-        result.max_ms = float(latencies.max())
-
-
 def h2load_command(
     port: int,
     body: Path,
@@ -617,7 +486,7 @@ def run_load(
     result.rss_before_mb = rss_mb(server.pid)
     batches_before = server.batch_stats()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_before, busy_before = cpu_seconds(server.pid), core_busy_seconds(server_cpu)
+    cpu_before, busy_before = cpu_seconds(server.pid), cores_busy_seconds([server_cpu])
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -637,7 +506,7 @@ def run_load(
             process.stdout.close()
     elapsed = time.perf_counter() - started
     cpu_used = cpu_seconds(server.pid) - cpu_before
-    busy = core_busy_seconds(server_cpu) - busy_before
+    busy = cores_busy_seconds([server_cpu]) - busy_before
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     result.server_cpu_pct = 100 * cpu_used / elapsed
     result.noise_pct = 100 * max(0.0, busy - cpu_used) / elapsed
@@ -771,17 +640,17 @@ def zygote_cold_start(case: ModelCase, args: argparse.Namespace, work: Path) -> 
             launched.append(pid)
 
             def runtime_alive(pid: int = pid) -> None:
-                if _pid_waiter(pid)(0):
+                if pid_waiter(pid)(0):
                     raise RuntimeError(f"the runtime launched by the zygote (pid {pid}) exited")
 
             answered = wait_first_prediction(port, case, body, started, runtime_alive)
             cold_starts.append(answered - started)
             rss.append(rss_mb(pid))
-            kill_group(pid, _pid_waiter(pid))
+            kill_group(pid, pid_waiter(pid))
     finally:
         for pid in launched:
-            kill_group(pid, _pid_waiter(pid))
-        kill_group(process.pid, _popen_waiter(process))
+            kill_group(pid, pid_waiter(pid))
+        kill_group(process.pid, popen_waiter(process))
     return {
         "available": True,
         "cold_start_s": float(np.median(cold_starts)),
@@ -823,12 +692,6 @@ def soak(case: ModelCase, args: argparse.Namespace, work: Path) -> dict[str, Any
 # ------------------------------------------------------------------------------ reporting
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
-    if value is None or value != value:  # None or NaN
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
 def model_table(name: str, result: dict[str, Any]) -> str:
     ours = result["servers"]["hubserve"]
     plain = result["servers"]["plain"]
@@ -848,15 +711,15 @@ def model_table(name: str, result: dict[str, Any]) -> str:
     for run, base in zip(ours["runs"], plain["runs"], strict=True):
         ratio = run["req_per_s"] / base["req_per_s"] if base["req_per_s"] else float("nan")
         row = (
-            f"| {run['concurrency']} | {_fmt(run['req_per_s'])} | {_fmt(base['req_per_s'])}"
-            f" | {_fmt(ratio, 2)}x | {_fmt(run['p50_ms'], 2)} / {_fmt(run['p99_ms'], 2)}"
-            f" | {_fmt(base['p50_ms'], 2)} / {_fmt(base['p99_ms'], 2)}"
-            f" | {run['errors']} / {base['errors']} | {_fmt(run['mean_batch'])}"
-            f" | {_fmt(1000 * run['model_ms_per_item'] if run['model_ms_per_item'] else None, 0)}"
-            f" | {_fmt(run['noise_pct'], 0)} / {_fmt(base['noise_pct'], 0)} |"
+            f"| {run['concurrency']} | {fmt(run['req_per_s'])} | {fmt(base['req_per_s'])}"
+            f" | {fmt(ratio, 2)}x | {fmt(run['p50_ms'], 2)} / {fmt(run['p99_ms'], 2)}"
+            f" | {fmt(base['p50_ms'], 2)} / {fmt(base['p99_ms'], 2)}"
+            f" | {run['errors']} / {base['errors']} | {fmt(run['mean_batch'])}"
+            f" | {fmt(1000 * run['model_ms_per_item'] if run['model_ms_per_item'] else None, 0)}"
+            f" | {fmt(run['noise_pct'], 0)} / {fmt(base['noise_pct'], 0)} |"
         )
         if model_only and name == "tiramisu":
-            row += f" {_fmt(100 * run['req_per_s'] / model_only['best_per_s'])} % |"
+            row += f" {fmt(100 * run['req_per_s'] / model_only['best_per_s'])} % |"
         lines.append(row)
     lines.append("")
     zygote = result.get("zygote") or {}
@@ -979,8 +842,8 @@ def report(results: dict[str, Any]) -> str:
             "",
             f"### Soak: hubserve, {soak_result['model']}, C=64 for {soak_result['seconds']:g} s",
             "",
-            f"{_fmt(run['req_per_s'])} req/s, p50 {_fmt(run['p50_ms'], 2)} ms, p99"
-            f" {_fmt(run['p99_ms'], 2)} ms, {run['errors']} errors. RSS every"
+            f"{fmt(run['req_per_s'])} req/s, p50 {fmt(run['p50_ms'], 2)} ms, p99"
+            f" {fmt(run['p99_ms'], 2)} ms, {run['errors']} errors. RSS every"
             f" {SOAK_SAMPLE_SECONDS:g} s (MiB): {samples}; max deviation from the first"
             f" sample {soak_result['rss_max_deviation']:.1%}.",
         ]
@@ -1025,16 +888,9 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
         "h2load": h2load,
         "commit": commit,
         # The runtime may hold uncommitted changes: identify the code that was measured.
-        "runtime_sources_sha256": _sources_digest(REPO / "model_runtime"),
+        "runtime_sources_sha256": sources_digest(REPO / "model_runtime"),
         "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
     }
-
-
-def _sources_digest(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(f"{path.relative_to(root)}\0".encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1087,19 +943,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.model_only_seconds = 0.2
         args.cold_starts = 1
     return args
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with NaN as ``null`` and paths as strings: strict JSON for any reader."""
-    if isinstance(value, float):
-        return None if value != value else value
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def _raise_exit(signum: int, frame: FrameType | None) -> None:
@@ -1178,7 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(results))
     output = args.output or RESULTS_DIR / f"runtime-{datetime.now():%Y-%m-%d-%H%M%S}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(_json_safe(results), indent=2) + "\n")
+    output.write_text(json.dumps(json_safe(results), indent=2) + "\n")
     print(f"\nresults: {output}")
     return 0
 

@@ -6,18 +6,20 @@ Use it by importing the fixture into a package's ``conftest.py``
 The ``hub`` fixture writes a ``jupyterhub_config.py`` that calls
 :func:`hub_service.configure_jupyterhub` (so the tests cover the real wiring: managed service,
 roles, scopes), with the shared-password authenticator (users log in with ``PASSWORD``;
-``boss`` is admin), PKCE required for OAuth, short auth-cache TTLs, and a test-only service
-``test-admin`` whose random token may create users, groups and tokens. Ports for the proxy
-(the public URL), the proxy's API, the hub and the hubserve service are picked free on
-127.0.0.1. ``jupyterhub`` runs as a subprocess in its own process group, with
-configurable-http-proxy from npm (``$HUBSERVE_CHP``, else
+``boss`` is admin), PKCE required for OAuth, short auth-cache TTLs, a generous gateway rate
+limit, and a test-only service ``test-admin`` whose random token may create users, groups and
+tokens. Ports for the proxy (the public URL), the proxy's API, the hub and the hubserve
+service are picked free on 127.0.0.1. ``jupyterhub`` runs as a subprocess in its own process
+group, with configurable-http-proxy from npm (``$HUBSERVE_CHP``, else
 ``.hubserve/node/node_modules/.bin/configurable-http-proxy``, as
 ``make test-hub`` installs it); the fixture waits until the hub API answers and hubserve's
 ``healthz`` answers through the proxy, and stops the hub (which stops the proxy and the
 service) at the end. The hub's log is printed when startup fails.
 
 Suites that use it run in a pytest process without the jupyter_server pytest plugin
-(``make test-hub``): the two do not mix.
+(``make test-hub``): the two do not mix. Outside pytest, the same hub is the context manager
+:func:`running_hub` (the soak and the gateway benchmark in ``bench/`` start it so), which
+takes extra ``HUBSERVE_*`` settings for the service.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,12 +48,18 @@ ADMIN_USER = "boss"
 # Short auth caches, so revocation shows within a second.
 POSITIVE_TTL = 1.0
 NEGATIVE_TTL = 1.0
+#: Gateway calls per second per user (the service's default, 100, would throttle load loops).
+GATEWAY_RATE_LIMIT = 10_000.0
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class HubStartError(RuntimeError):
+    """The hub did not start; the message ends with the tail of its log."""
 
 
 def chp_path() -> Path:
@@ -62,7 +70,7 @@ def chp_path() -> Path:
         else REPO / ".hubserve/node/node_modules/.bin/configurable-http-proxy"
     )
     if not path.exists():
-        pytest.fail(f"configurable-http-proxy not found at {path}: run `make test-hub`")
+        raise HubStartError(f"configurable-http-proxy not found at {path}: run `make test-hub`")
     return path
 
 
@@ -97,11 +105,8 @@ hub_service.configure_jupyterhub(
     port={service_port},
     store="{root}/store",
     data_dir="{root}/service",
-    limits={{"max_upload_bytes": 8 * 1024 * 1024}},
-    extra_env={{
-        "HUBSERVE_POSITIVE_TTL": "{positive_ttl}",
-        "HUBSERVE_NEGATIVE_TTL": "{negative_ttl}",
-    }},
+    limits={limits!r},
+    extra_env={extra_env!r},
 )
 """
 
@@ -114,6 +119,9 @@ class Hub:
     api: httpx.Client
     log: Path
     root: Path
+    #: The jupyterhub process, and the port the hubserve service listens on (behind the proxy).
+    pid: int
+    service_port: int
 
     @property
     def service_url(self) -> str:
@@ -150,14 +158,16 @@ def _wait_until(check: Any, proc: subprocess.Popen[bytes], log: Path, timeout: f
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"jupyterhub exited ({proc.returncode}):\n{log.read_text()[-6000:]}")
+            raise HubStartError(
+                f"jupyterhub exited ({proc.returncode}):\n{log.read_text()[-6000:]}"
+            )
         try:
             if check():
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    pytest.fail(f"jupyterhub not ready after {timeout} s:\n{log.read_text()[-6000:]}")
+    raise HubStartError(f"jupyterhub not ready after {timeout} s:\n{log.read_text()[-6000:]}")
 
 
 def _stop(proc: subprocess.Popen[bytes], root: Path) -> None:
@@ -178,9 +188,26 @@ def _stop(proc: subprocess.Popen[bytes], root: Path) -> None:
             os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
 
 
-@pytest.fixture(scope="session")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    root = tmp_path_factory.mktemp("jupyterhub")
+@contextlib.contextmanager
+def running_hub(
+    root: Path,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    limits: Mapping[str, int] | None = None,
+) -> Iterator[Hub]:
+    """The hub of the module docstring, its files under ``root``; stopped on exit.
+
+    ``extra_env`` adds ``HUBSERVE_*`` settings of the service to (or overrides) the short
+    auth-cache TTLs of the tests; ``limits`` replaces the tests' upload limit. Raises
+    :class:`HubStartError` when the hub or the service does not come up.
+    """
+    service_env = {
+        "HUBSERVE_POSITIVE_TTL": str(POSITIVE_TTL),
+        "HUBSERVE_NEGATIVE_TTL": str(NEGATIVE_TTL),
+        # On, but far above what a test's load loop (one user, serial calls) can reach.
+        "HUBSERVE_GATEWAY_RATE_LIMIT": str(GATEWAY_RATE_LIMIT),
+        **(extra_env or {}),
+    }
     proxy_port, proxy_api_port, hub_port, service_port = (free_port() for _ in range(4))
     admin_token = secrets.token_hex(32)
     config = root / "jupyterhub_config.py"
@@ -196,8 +223,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
             admin_password=secrets.token_hex(24),
             admin=ADMIN_USER,
             admin_token=admin_token,
-            positive_ttl=POSITIVE_TTL,
-            negative_ttl=NEGATIVE_TTL,
+            limits=dict(limits or {"max_upload_bytes": 8 * 1024 * 1024}),
+            extra_env=service_env,
         )
     )
     log = root / "jupyterhub.log"
@@ -225,7 +252,16 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
             log,
             60,
         )
-        yield Hub(url=url, api=api, log=log, root=root)
+        yield Hub(url=url, api=api, log=log, root=root, pid=proc.pid, service_port=service_port)
     finally:
         api.close()
         _stop(proc, root)
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    try:
+        with running_hub(tmp_path_factory.mktemp("jupyterhub")) as started:
+            yield started
+    except HubStartError as exc:
+        pytest.fail(str(exc))
