@@ -48,7 +48,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -59,7 +58,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, RESULTS_DIR, cores_busy_seconds, cpu_seconds, free_port
+from _common import (
+    REPO,
+    RESULTS_DIR,
+    cores_busy_seconds,
+    cpu_seconds,
+    free_port,
+    kill_group,
+    popen_waiter,
+)
 
 ASTRO = REPO / "examples" / "astro"
 POLL_SECONDS = 0.25
@@ -219,13 +226,7 @@ def served(bundle: Path, cpus: list[int], work: Path) -> Iterator[tuple[int, int
             time.sleep(0.05)
         yield port, proc.pid
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        kill_group(proc.pid, popen_waiter(proc))
 
 
 def run_served(

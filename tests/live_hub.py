@@ -170,15 +170,20 @@ def _wait_until(check: Any, proc: subprocess.Popen[bytes], log: Path, timeout: f
     raise HubStartError(f"jupyterhub not ready after {timeout} s:\n{log.read_text()[-6000:]}")
 
 
-def _stop(proc: subprocess.Popen[bytes], root: Path) -> None:
-    """Stop the hub (it stops the proxy and the service), then anything it left behind."""
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """SIGTERM the process group ``proc`` leads; SIGKILL it after ``timeout`` seconds."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(20)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _stop(proc: subprocess.Popen[bytes], root: Path) -> None:
+    """Stop the hub (it stops the proxy and the service), then anything it left behind."""
+    stop_group(proc)
     for state in (root / "service/local/replicas").glob("*.json"):  # replicas left behind
         with contextlib.suppress(ProcessLookupError, ValueError, OSError):
             os.killpg(int(json.loads(state.read_text())["pid"]), signal.SIGKILL)

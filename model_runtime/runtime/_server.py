@@ -63,6 +63,7 @@ def _configure_torch(threads: int) -> None:
     except ImportError:
         return
     torch.set_num_threads(threads)
+    log.info("torch uses %d thread%s", threads, "" if threads == 1 else "s")
     with contextlib.suppress(RuntimeError):  # already set, or parallel work already ran
         torch.set_num_interop_threads(1)
 

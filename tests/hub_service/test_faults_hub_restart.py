@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from traitlets.config import Config
 
 from hub_service import configure_jupyterhub
 from model_runtime import build_bundle
+from tests.live_hub import stop_group
 
 from .conftest import ADMIN_USER, POSITIVE_TTL, REPO, chp_path, free_port
 from .test_faults_processes import runtime_processes
@@ -163,14 +163,7 @@ class Stack:
         self.wait_for_service()
 
     def stop(self, name: str) -> None:
-        proc = self.procs.pop(name)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(self.procs.pop(name))
 
     def new_user_token(self) -> tuple[str, str]:
         """A new hub user and a token of theirs."""

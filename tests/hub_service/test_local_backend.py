@@ -8,6 +8,7 @@ crash loops with backoff, store failures, large streamed bodies, header hygiene.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -124,6 +125,21 @@ def test_jobs_are_confined_to_the_services_job_locations(tmp_path: Path, use_zyg
         inside = {"input": str(allowed / "in"), "output": str(allowed / "out")}
         response = client.post(jobs, json=inside, headers=ALICE)
         assert response.status_code == 202, response.text
+
+
+def test_replicas_share_the_cpus(tmp_path: Path, store: LocalStore) -> None:
+    """Without ``threads``, each of N replicas gets 1/N of the CPUs for torch (at least 1)."""
+    expected = max(1, len(os.sched_getaffinity(0)) // 2)
+    with _client(tmp_path, store) as client:
+        response = client.post(
+            f"{PREFIX}/api/deployments", json={"model": "iris", "replicas": 2}, headers=ALICE
+        )
+        assert response.status_code == 201, response.text
+        _wait(client, lambda s: s["phase"] == "ready" and s["ready"] == 2)
+        logs = client.get(f"{PREFIX}/api/deployments/alice/iris/logs", headers=ALICE).json()
+    lines = [line for chunk in logs for line in chunk["lines"] if "torch uses" in line]
+    assert len(lines) == 2, logs
+    assert all(f"torch uses {expected} thread" in line for line in lines), lines
 
 
 def test_missing_version_in_the_store_is_reported(tmp_path: Path, store: LocalStore) -> None:
