@@ -275,13 +275,24 @@ def _submit(port: int, source: Path, target: Path) -> str:
 
 
 def _wait(port: int, job_id: str, poll: float) -> dict[str, Any]:
+    """Poll the summary alone (``items_limit=0``: polls stay off the measured work), then read
+    every item, a page at a time."""
     while True:
-        code, status = http_json(port, "GET", f"/jobs/{job_id}")
+        code, status = http_json(port, "GET", f"/jobs/{job_id}?items_limit=0")
         if code != 200:
             raise RuntimeError(f"job status: {code} {status}")
         if status["state"] not in ("queued", "running"):
-            return dict(status)
+            break
         time.sleep(poll)
+    items: list[dict[str, Any]] = []
+    while len(items) < status["items_done"]:
+        code, page = http_json(
+            port, "GET", f"/jobs/{job_id}?items_from={len(items)}&items_limit=1000"
+        )
+        if code != 200:
+            raise RuntimeError(f"job status: {code} {page}")
+        items += page["items"]
+    return {**status, "items": items}
 
 
 # -- main -------------------------------------------------------------------------------------

@@ -20,7 +20,10 @@ file turns them into a complete development hub:
   could itself call hubserve, or issue tokens for anybody, would be more power than needed;
 * **single-user servers** with ``SimpleLocalProcessSpawner`` (processes of the current OS
   user, one home directory per hub user under ``<state>/users/``; no isolation, so for
-  development only) running JupyterLab from this virtual environment.
+  development only) running JupyterLab from this virtual environment. Batch jobs are confined
+  to the caller's home (``HUBSERVE_JOB_LOCATIONS`` = ``<state>/users/{user}``): replicas run
+  as the OS user that runs ``make up`` (root, in a container), and a shared deployment must
+  not let one user's job read another's files, or anything else that user can.
 
 Every process started from here carries ``HUBSERVE_UP_STATE`` in its environment, so that
 ``dev/up.py`` can find and stop anything left behind.
@@ -116,5 +119,7 @@ hub_service.configure_jupyterhub(
     extra_env={
         "HUBSERVE_DATA_DIR": str(state / "service"),
         "HUBSERVE_UP_STATE": str(state),
+        # {user}: the calling hub user, whose home is users/<name> (home_dir_template above).
+        "HUBSERVE_JOB_LOCATIONS": json.dumps([str(state / "users" / "{user}")]),
     },
 )

@@ -31,6 +31,7 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr, TypeAdapter, fie
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_runtime.paths import default_home
+from model_runtime.runtime import check_allowed_entry
 
 _COOKIE_KEY_CONTEXT = b"hubserve-cookie-secret-v1"
 
@@ -137,7 +138,9 @@ class HubServiceSettings(BaseSettings):
         default_factory=list,
         description="Folders and URI prefixes (/srv/jobs, s3://bucket/jobs, webdav://host/x) "
         "below which every batch job of every deployment must read and write; empty: any "
-        "location the runtime can reach (JSON list in HUBSERVE_JOB_LOCATIONS).",
+        "location the runtime can reach (JSON list in HUBSERVE_JOB_LOCATIONS). {user} in a "
+        "path (/home/{user}, s3://jobs/{user}) is the calling hub user's name: each user's "
+        "jobs get their own folder or prefix.",
     )
     limits: ServiceLimits = Field(default_factory=ServiceLimits)
     gateway_timeout: float = Field(
@@ -157,6 +160,13 @@ class HubServiceSettings(BaseSettings):
         description="Origin at which callers reach the hub (for deployment URLs in answers); "
         "defaults to hub_host.",
     )
+
+    @field_validator("job_locations")
+    @classmethod
+    def _user_only_in_paths(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            check_allowed_entry(entry)
+        return value
 
     @field_validator("base_url", "hub_base_url")
     @classmethod

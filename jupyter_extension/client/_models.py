@@ -275,7 +275,12 @@ class JobItem(_Answer):
 
 
 class Job(_Answer):
-    """A batch job run by a path API over the files of an input location."""
+    """A batch job run by a path API over the files of an input location.
+
+    The runtime answers a page of ``items`` at a time, starting with item ``items_from``;
+    the client's methods gather the pages, so the jobs they return hold every item processed
+    so far, from the first.
+    """
 
     id: str
     api: str
@@ -292,6 +297,7 @@ class Job(_Answer):
     finished_at: datetime | None = None
     error: str | None = None
     items: list[JobItem] = Field(default_factory=list)
+    items_from: int = 0
     progress: float = 0.0
 
     @property

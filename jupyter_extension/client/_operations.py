@@ -34,6 +34,7 @@ from ._models import (
     Deployment,
     HubIdentity,
     Job,
+    JobItem,
     LogChunk,
     ModelDetail,
     ModelSummary,
@@ -59,6 +60,8 @@ T = TypeVar("T")
 POLL_SECONDS = 0.25
 #: How often to look at a batch job while waiting for it.
 JOB_POLL_SECONDS = 0.5
+#: Items asked for per request: the most a runtime answers at once.
+JOB_ITEMS_PAGE = 1000
 #: How long a deployment may stay ``failed`` before waiting gives up on it: the backend
 #: restarts crashed replicas, so a failure may be brief.
 FAILED_GRACE_SECONDS = 10.0
@@ -422,7 +425,7 @@ class Operations:
     def job(self, deployment: DeploymentArg, job: str | Job) -> Op[Job]:
         job_id = job.id if isinstance(job, Job) else job
         path = yield from self._gateway_path(deployment, f"jobs/{_seg(job_id)}")
-        return (yield from run(Call("GET", path, parse_as(Job))))
+        return (yield from _job_catching_up(path, []))
 
     def cancel_job(self, deployment: DeploymentArg, job: str | Job) -> Op[Job]:
         job_id = job.id if isinstance(job, Job) else job
@@ -440,10 +443,12 @@ class Operations:
         key = yield from self._deployment_key(deployment)
         job_id = job.id if isinstance(job, Job) else job
         deadline = None if timeout is None else time.monotonic() + timeout
+        path = yield from self._gateway_path(f"{key[0]}/{key[1]}", f"jobs/{_seg(job_id)}")
+        items: list[JobItem] = []
         reporter: Reporter[Job] = job_reporter(progress)
         try:
             while True:
-                status = yield from self.job(f"{key[0]}/{key[1]}", job_id)
+                status = yield from _job_catching_up(path, items)
                 reporter.update(status)
                 if status.finished:
                     return status
@@ -463,6 +468,21 @@ class Operations:
     def endpoint(self, deployment: DeploymentArg) -> Op[str]:
         path = yield from self._gateway_path(deployment, "")
         return self.url + path
+
+
+def _job_catching_up(path: str, items: list[JobItem]) -> Op[Job]:
+    """The job at ``path`` with all its items: ``items`` holds those received earlier and
+    gains the new ones, asked for from where it ends, so each item crosses the network once
+    however often a caller polls."""
+    while True:
+        params = (("items_from", str(len(items))), ("items_limit", str(JOB_ITEMS_PAGE)))
+        status = yield from run(Call("GET", path, parse_as(Job), params=params))
+        # An older runtime ignores the parameters and answers every item from 0: putting the
+        # page in the place it says it starts at suits both.
+        if status.items_from <= len(items):
+            items[status.items_from : status.items_from + len(status.items)] = status.items
+        if len(items) >= status.items_done or not status.items:
+            return status.model_copy(update={"items": list(items), "items_from": 0})
 
 
 def _predict_call(path: str, body: Body, accept: str | None) -> Call[Any]:

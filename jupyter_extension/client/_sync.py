@@ -375,7 +375,7 @@ class Client:
         return self._run(self._ops.submit_job(deployment, api, input, output, pattern=pattern))
 
     def job(self, deployment: DeploymentArg, job_id: str | Job) -> Job:
-        """A batch job's state and per-file results."""
+        """A batch job's state and per-file results (all of them, fetched a page at a time)."""
         return self._run(self._ops.job(deployment, job_id))
 
     def cancel_job(self, deployment: DeploymentArg, job_id: str | Job) -> Job:

@@ -30,15 +30,38 @@ Never a traceback, and never the token.
 One ``httpx.AsyncClient`` per server (:class:`ServiceClient`, in the tornado settings) pools
 the connections to the service. jupyter_server has no shutdown hook for extensions loaded by
 ``_load_jupyter_server_extension``, so the pool lives as long as the server process.
+
+Refused uploads. A request refused before its body is read (no login, XSRF, not authorized,
+path not forwarded, body above ``max_body_size``, extension not configured) must still leave
+the connection in a state the client understands: answering and closing while the client is
+still sending makes the kernel reset the connection, which can destroy the answer before the
+client reads it, and answering on a kept-alive connection without reading the body makes the
+body's bytes the "next request". So, as servers with lingering close do (nginx, Apache):
+
+* a body of known length up to :data:`DRAIN_LIMIT` is read and dropped, then the refusal is
+  answered and the connection stays open for the client's next request;
+* a larger body, or one of unknown length (chunked), gets the refusal at once, with
+  ``Connection: close``; what the client keeps sending is dropped for up to
+  :data:`LINGER_BYTES` or :data:`LINGER_SECONDS`, then the connection is closed;
+* a request with ``Expect: 100-continue`` gets the refusal instead of the ``100 Continue``,
+  with ``Connection: close``, so the client never sends the body.
+
+No byte of a refused body goes to the service: the call to it only starts once the request
+has passed every check. The one refusal that comes later is a chunked body that grows above
+``max_body_size``: the call to the service is broken off (the service sees an incomplete
+upload) and the 413 is answered early, as above.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
+import sys
 from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -69,6 +92,12 @@ FORWARDED_REQUEST = ("Content-Type", "Accept")
 RELAYED_RESPONSE = ("Content-Disposition", "ETag", "Retry-After", "Last-Modified")
 #: Chunks of a streamed request body buffered between the browser and the service.
 PIPE_CHUNKS = 16
+#: A refused body of known length up to this size is read before the answer (keep-alive).
+DRAIN_LIMIT = 1024 * 1024
+#: After an early refusal, bytes of the body dropped before the connection is closed...
+LINGER_BYTES = 64 * 1024 * 1024
+#: ... and seconds waited for the rest of it.
+LINGER_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +251,10 @@ class HubserveHandler(APIHandler):
         anything else), so nothing is logged here.
         """
         exc_info = kwargs.get("exc_info")
-        error = exc_info[1] if exc_info else None
+        self.finish(self._error_document(exc_info[1] if exc_info else None))
+
+    def _error_document(self, error: BaseException | None) -> str:
+        """The JSON body of the answer to ``error``; sets its headers (``Allow``...) too."""
         detail = self._reason
         if isinstance(error, ProxyError):
             detail = error.detail
@@ -233,7 +265,7 @@ class HubserveHandler(APIHandler):
                 detail = error.log_message % error.args if error.args else error.log_message
         elif error is not None:
             detail = "Unhandled error"  # the traceback is in the server's log, not here
-        self.finish(json.dumps({"detail": detail, "message": detail}))
+        return json.dumps({"detail": detail, "message": detail})
 
 
 class ConfigHandler(HubserveHandler):
@@ -264,13 +296,33 @@ class ProxyHandler(HubserveHandler):
 
     Authentication, XSRF and authorization are checked in :meth:`prepare`, before any byte
     of the body is read, because a streamed body starts flowing to the service from there.
+    A request refused there is answered as the module docs say under "Refused uploads".
     """
 
     _target: Target | None = None
     _pipe: _BodyPipe | None = None
     _upstream: asyncio.Future[httpx.Response] | None = None
+    _refusal: web.HTTPError | None = None
+    """Why the request is refused, while its body is still to be read."""
+    _closing = False
+    """The connection ends with the refusal (sent early, or instead of ``100 Continue``)."""
+    _dropped = 0
+    """Bytes of the refused body read (and dropped)."""
+    _received = 0
+    """Bytes of the body passed on to the service."""
+    _linger: asyncio.TimerHandle | None = None
+    """Ends an early refusal's connection after :data:`LINGER_SECONDS`."""
 
     async def prepare(self, *, _redirect_to_login: bool = True) -> None:
+        try:
+            await self._admit()
+        except web.HTTPError as error:
+            if self._finished or not self._has_body():
+                raise
+            await self._refuse(error)
+
+    async def _admit(self) -> None:
+        """Check the request; on success, start streaming its body to the service."""
         await super().prepare()  # login (403 without), XSRF for cookie logins, origin
         if self._finished or self.request.method == "OPTIONS":
             return  # a redirect was sent, or a CORS preflight (APIHandler.options answers)
@@ -293,6 +345,95 @@ class ProxyHandler(HubserveHandler):
             raise ProxyError(503, self.hubserve.problem)
         if self._has_body():
             self._start_streaming()
+
+    async def _refuse(self, error: web.HTTPError) -> None:
+        """Refuse a request whose body is unread, so that the connection stays coherent."""
+        self._refusal = error
+        headers = self.request.headers
+        length = headers.get("Content-Length")
+        connection = self.request.connection
+        if headers.get("Expect", "").lower() == "100-continue":
+            self._closing = True  # tornado sends no 100 once answered, and closes after it
+            raise error
+        if length is not None and int(length) <= DRAIN_LIMIT:
+            if isinstance(connection, HTTP1Connection):
+                connection.set_max_body_size(DRAIN_LIMIT)  # ServerApp.max_body_size may be less
+            return  # data_received drops the body, then the verb answers: keep-alive
+        await self._answer_early(error)
+
+    async def _answer_early(self, error: web.HTTPError) -> None:
+        """Answer ``error`` now with ``Connection: close``; drop the rest of the body a while."""
+        self._refusal = error
+        self._closing = True
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            connection.set_max_body_size(sys.maxsize)  # bounded by LINGER_BYTES instead
+        self.log_exception(type(error), error, None)
+        self.set_status(error.status_code, reason=error.reason)
+        document = self._error_document(error).encode()
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Content-Length", len(document))
+        self.set_header("Connection", "close")
+        self.write(document)
+        self._linger = asyncio.get_running_loop().call_later(LINGER_SECONDS, self._hang_up)
+        try:
+            await self.flush()
+        except StreamClosedError:
+            self._hang_up()  # the client is gone; _execute sees the closed body and stops
+
+    async def _end_refusal(self) -> None:
+        """The refused request's body is read (and dropped): finish its answer."""
+        assert self._refusal is not None
+        if not self._closing:
+            raise self._refusal  # answered as any error, on a connection that stays open
+        with contextlib.suppress(StreamClosedError):
+            await self.finish()  # the answer is out already; this ends it (on_finish hangs up)
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        if self._closing and self._headers_written:
+            # The refusal is out, and ``@web.authenticated`` refuses a request without login
+            # again once its body is read: only the end of the answer is left to send.
+            self.finish()
+            return
+        super().send_error(status_code, **kwargs)
+
+    def log_exception(
+        self,
+        typ: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._refusal is not None and isinstance(value, web.HTTPError):
+            # ``@web.authenticated`` refuses a request without login once more when its body
+            # is read, more vaguely: log the refusal itself, once.
+            if self._headers_written:
+                return  # logged when it was sent
+            typ, value, tb = type(self._refusal), self._refusal, None
+        super().log_exception(typ, value, tb)
+
+    def on_finish(self) -> None:
+        if self._closing:
+            self._hang_up()  # the answer said Connection: close
+        super().on_finish()
+
+    def _hang_up(self) -> None:
+        """Close the connection of a refused request: nothing more is read or answered."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            connection.close()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        refusal, exc_info = self._refusal, kwargs.get("exc_info")
+        if refusal is not None and exc_info and isinstance(exc_info[1], web.HTTPError):
+            status_code = refusal.status_code  # the refusal, not its repetition (log_exception)
+            self.set_status(status_code, reason=refusal.reason)
+            kwargs["exc_info"] = (type(refusal), refusal, None)
+        if self._closing:
+            self.set_header("Connection", "close")
+        super().write_error(status_code, **kwargs)
 
     def _raw_path(self) -> str:
         """The request path after ``{base_url}hubserve/``, still percent-encoded."""
@@ -319,14 +460,31 @@ class ProxyHandler(HubserveHandler):
             raise ProxyError(413, f"the request body is larger than {limit} bytes")
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):
-            connection.set_max_body_size(limit)  # instead of ServerApp.max_body_size
+            # Instead of ServerApp.max_body_size. A chunked body is counted in data_received
+            # instead, for a clear 413 rather than tornado's bare 400.
+            connection.set_max_body_size(limit if length is not None else sys.maxsize)
         self._pipe = _BodyPipe()
         self._upstream = asyncio.ensure_future(self._send(self._pipe.chunks()))
         self._pipe.consumer = self._upstream
 
     async def data_received(self, chunk: bytes) -> None:
-        if self._pipe is not None:
-            await self._pipe.feed(chunk)
+        if self._refusal is not None:
+            self._dropped += len(chunk)
+            if self._closing and self._dropped > LINGER_BYTES:
+                self._hang_up()
+        elif self._pipe is not None:
+            self._received += len(chunk)
+            limit = self.hubserve.settings.max_body_size
+            if self._received <= limit:
+                await self._pipe.feed(chunk)
+                return
+            # A chunked body too large: the service sees an upload broken off, never all of it.
+            if self._upstream is not None:
+                _discard(self._upstream)
+                self._upstream = None
+            await self._answer_early(
+                ProxyError(413, f"the request body is larger than {limit} bytes")
+            )
 
     def on_connection_close(self) -> None:
         """The browser went away mid-upload: abandon the call, the service sees a broken body.
@@ -337,6 +495,9 @@ class ProxyHandler(HubserveHandler):
         if self._upstream is not None:
             _discard(self._upstream)
             self._upstream = None
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         super().on_connection_close()
 
     # -- the call ---------------------------------------------------------------------------
@@ -366,6 +527,9 @@ class ProxyHandler(HubserveHandler):
         return await service.client.send(request, stream=True)
 
     async def _forward(self) -> None:
+        if self._refusal is not None:
+            await self._end_refusal()
+            return
         upstream, self._upstream = self._upstream, None
         try:
             if upstream is not None:

@@ -64,7 +64,8 @@ def register_serve_commands(cli: click.Group) -> None:
         "--job-location",
         "job_locations",
         multiple=True,
-        help="Folder or URI prefix batch jobs may use (repeat; default: any).",
+        help="Folder or URI prefix batch jobs may use (repeat; default: any); {user} in its "
+        "path is the caller's hub user name (with --api-token-file, from the gateway).",
     )
     @click.option("--trust-pickle", is_flag=True, help="Allow pickled model artifacts.")
     @click.option("--access-log", is_flag=True, help="Log every request.")

@@ -6,6 +6,7 @@ it in-process); :func:`serve` is what ``hubserve serve`` runs. See :mod:`._app` 
 """
 
 from ._app import create_app
+from ._locations import check_allowed_entry
 from ._runtime import Runtime
 from ._server import build_app, load_service, serve
 from ._settings import BatchingOverride, RuntimeSettings
@@ -15,6 +16,7 @@ __all__ = [
     "Runtime",
     "RuntimeSettings",
     "build_app",
+    "check_allowed_entry",
     "create_app",
     "load_service",
     "serve",

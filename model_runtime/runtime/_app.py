@@ -43,7 +43,7 @@ from ..service import ApiSpec
 from . import _codecs
 from ._batching import Overloaded
 from ._body import BodyTooLarge, read_body, receive_body
-from ._jobs import JobError
+from ._jobs import ITEMS_PAGE, MAX_ITEMS_FROM, MAX_ITEMS_PAGE, JobError
 from ._locations import LocationError, LocationUnavailableError
 from ._oip import oip_router
 from ._openapi import ERROR, install_openapi
@@ -84,7 +84,7 @@ class _ApiHandler:
         self.in_flight.inc()
         status = 500
         try:
-            content_type = accept = length = None
+            content_type = accept = length = user = None
             for key, value in scope["headers"]:
                 if key == b"content-type":
                     content_type = value.decode("latin-1")
@@ -92,8 +92,10 @@ class _ApiHandler:
                     accept = value.decode("latin-1")
                 elif key == b"content-length":
                     length = value.decode("latin-1")
+                elif key == b"x-hubserve-user":  # whom a job over a path API is for
+                    user = value.decode("latin-1")
             status, media_type, payload, headers = await self._handle(
-                receive, content_type, accept, length
+                receive, content_type, accept, length, user
             )
             start: list[tuple[bytes, bytes]] = [
                 (b"content-type", media_type.encode("latin-1")),
@@ -107,13 +109,19 @@ class _ApiHandler:
             self.observe(self.name, status, time.perf_counter() - started)
 
     async def _handle(
-        self, receive: Receive, content_type: str | None, accept: str | None, length: str | None
+        self,
+        receive: Receive,
+        content_type: str | None,
+        accept: str | None,
+        length: str | None,
+        user: str | None,
     ) -> tuple[int, str, bytes, dict[str, str]]:
         spec, name = self.spec, self.name
         try:
             body = await receive_body(receive, self.limit, length)
             if spec.input.kind == "path":  # a folder in, a folder out: run as a batch job
-                return _as_tuple(await _submit_job(self.runtime, name, _job_request(body)))
+                job = await _submit_job(self.runtime, name, _job_request(body), user)
+                return _as_tuple(job)
             decoded = _codecs.decode(spec.input, body, content_type)
             result = await self.runtime.call(spec, decoded.value)
         except BodyTooLarge:
@@ -192,17 +200,20 @@ def _job_request(body: bytes) -> dict[str, Any]:
     return data
 
 
-async def _submit_job(runtime: Runtime, api: str, body: dict[str, Any]) -> Response:
+async def _submit_job(
+    runtime: Runtime, api: str, body: dict[str, Any], user: str | None
+) -> Response:
     """Check the locations and queue the job, off the event loop: listing a folder or a
     bucket can take long, and inference requests must not wait for it."""
     if runtime.jobs is None:
         return error_response(404, "this model has no path APIs, so no batch jobs")
     submit = partial(
-        runtime.jobs.submit,
+        runtime.submit_job,
         api,
         str(body["input"]),
         str(body["output"]),
         pattern=body.get("pattern"),
+        user=user,
     )
     try:
         status = await asyncio.get_running_loop().run_in_executor(None, submit)
@@ -220,6 +231,16 @@ async def _submit_job(runtime: Runtime, api: str, body: dict[str, Any]) -> Respo
     )
 
 
+def _query_int(request: Request, name: str, default: int, maximum: int) -> int:
+    """The query parameter ``name``, an integer from 0 to ``maximum``."""
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit()) or len(text) > 12 or int(text) > maximum:
+        raise JobError(f"{name} must be an integer from 0 to {maximum}", 422)
+    return int(text)
+
+
 def _job_routes(runtime: Runtime) -> list[Route]:
     async def submit(request: Request) -> Response:
         try:
@@ -228,21 +249,31 @@ def _job_routes(runtime: Runtime) -> list[Route]:
             return error_response(413, "a job request is at most 1 MiB")
         except _codecs.CodecError as exc:
             return error_response(exc.status_code, str(exc))
-        return await _submit_job(runtime, request.path_params["api"], body)
+        user = request.headers.get("x-hubserve-user")
+        return await _submit_job(runtime, request.path_params["api"], body, user)
+
+    def caller(request: Request) -> str | None:
+        return runtime.job_caller(request.headers.get("x-hubserve-user")).name
 
     async def status(request: Request) -> Response:
         if runtime.jobs is None:
             return error_response(404, "this model has no path APIs, so no batch jobs")
         try:
-            job = runtime.jobs.get(request.path_params["job_id"])
             if request.method == "DELETE":
-                job = runtime.jobs.cancel(job.id)
+                job = runtime.jobs.cancel(request.path_params["job_id"], caller(request))
+            else:
+                job = runtime.jobs.get(
+                    request.path_params["job_id"],
+                    caller=caller(request),
+                    items_from=_query_int(request, "items_from", 0, MAX_ITEMS_FROM),
+                    items_limit=_query_int(request, "items_limit", ITEMS_PAGE, MAX_ITEMS_PAGE),
+                )
         except JobError as exc:
             return error_response(exc.status_code, str(exc))
         return Response(job.model_dump_json().encode(), media_type="application/json")
 
     async def listing(request: Request) -> Response:
-        jobs = runtime.jobs.list() if runtime.jobs is not None else []
+        jobs = runtime.jobs.list(caller(request)) if runtime.jobs is not None else []
         return Response(
             orjson.dumps([j.model_dump(mode="json") for j in jobs]), media_type="application/json"
         )

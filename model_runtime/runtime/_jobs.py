@@ -33,6 +33,19 @@ keeps the input's file name), removed as soon as the item is done; nothing of a 
 there once its state is final. Results go through pydantic's JSON conversion, with
 ``tolist()`` for NumPy values and tensors. Reads of job status are thread-safe and return
 copies; the manager keeps the latest ``keep_finished`` finished jobs.
+
+Jobs belong to the caller who submitted them when the runtime can tell who calls (the
+gateway's ``x-hubserve-user``, trusted only with the gateway's secret): such a job is seen,
+listed and cancelled by that caller alone — for anyone else it does not exist (404), so users
+sharing a deployment do not see each other's paths and results. Jobs submitted without a
+known caller (a standalone ``hubserve serve``) are everyone's.
+
+Items are paginated: a job's results may add up to megabytes, and clients poll its status
+every second or so, so a status read copies only a page of items (:meth:`JobManager.get`'s
+``items_from`` and ``items_limit``) and says in ``items_next`` where the next page starts.
+Items are only ever appended, never changed, so a client that asks each time for the items
+from ``items_next`` on receives every item exactly once, also while the job still runs, and
+polling costs in total what the items weigh once. Only the published summary holds them all.
 """
 
 from __future__ import annotations
@@ -61,6 +74,9 @@ from ._locations import Location, LocationError, LocationUnavailableError
 from ._locations import open_location as _open_location
 
 __all__ = [
+    "ITEMS_PAGE",
+    "MAX_ITEMS_FROM",
+    "MAX_ITEMS_PAGE",
     "SUMMARY_NAME",
     "ItemResult",
     "JobError",
@@ -76,6 +92,13 @@ logger = logging.getLogger(__name__)
 SUMMARY_NAME = "_job.json"
 #: Longest error message kept per item: a whole log dumped into an exception stays out.
 _MAX_ERROR_CHARS = 2000
+#: Items in a status page unless the client asks otherwise: all of a small job's items, and
+#: a bounded cost for a client that does not paginate.
+ITEMS_PAGE = 100
+#: Most items in one status page.
+MAX_ITEMS_PAGE = 1000
+#: Largest ``items_from`` accepted (a 32-bit integer, for clients in any language).
+MAX_ITEMS_FROM = 2**31 - 1
 
 PathFunction = Callable[[Path, Path], Any]
 
@@ -116,6 +139,9 @@ class JobStatus(BaseModel):
     input: str
     output: str
     pattern: str | None = None
+    owner: str | None = Field(
+        None, description="The hub user who submitted the job; only they see it."
+    )
     state: JobState = JobState.QUEUED
     cancel_requested: bool = False
     items_total: int
@@ -125,13 +151,34 @@ class JobStatus(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
-    items: list[ItemResult] = Field(default_factory=list)
+    items: list[ItemResult] = Field(
+        default_factory=list,
+        description="A page of the items processed so far, in order, from item items_from.",
+    )
+    items_from: int = Field(0, description="Index of the first item of the page.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def progress(self) -> float:
         """Fraction of the items processed (successfully or not), from 0 to 1."""
         return self.items_done / self.items_total if self.items_total else 1.0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def items_next(self) -> int:
+        """Where the next page of items starts; below ``items_done``, more items are ready."""
+        return self.items_from + len(self.items)
+
+    def page(self, items_from: int, items_limit: int) -> JobStatus:
+        """A copy with only the items from ``items_from``, at most ``items_limit`` of them.
+
+        Items never change once appended, so the copy shares them: its cost is the page's
+        size, not the job's.
+        """
+        end = items_from + items_limit
+        return self.model_copy(
+            update={"items": self.items[items_from:end], "items_from": items_from}
+        )
 
 
 @dataclass
@@ -207,8 +254,17 @@ class JobManager:
 
     # -- API ------------------------------------------------------------------------------
 
-    def submit(self, api: str, input: str, output: str, *, pattern: str | None = None) -> JobStatus:
-        """Validate and queue a job; bad locations fail here with a :class:`LocationError`."""
+    def submit(
+        self,
+        api: str,
+        input: str,
+        output: str,
+        *,
+        pattern: str | None = None,
+        owner: str | None = None,
+    ) -> JobStatus:
+        """Validate and queue a job for ``owner``; bad locations fail here with a
+        :class:`LocationError`."""
         if api not in self._functions:
             known = ", ".join(sorted(self._functions)) or "none"
             raise JobError(f"unknown path API {api!r} (path APIs: {known})", 404)
@@ -230,6 +286,7 @@ class JobManager:
                     input=source.describe(),
                     output=target.describe(),
                     pattern=pattern,
+                    owner=owner,
                     items_total=len(files),
                     created_at=_now(),
                 ),
@@ -256,27 +313,40 @@ class JobManager:
                 target.close()
             raise
 
-    def get(self, job_id: str) -> JobStatus:
+    def get(
+        self,
+        job_id: str,
+        *,
+        caller: str | None = None,
+        items_from: int = 0,
+        items_limit: int = ITEMS_PAGE,
+    ) -> JobStatus:
+        """``caller``'s job with a page of its items (see :meth:`JobStatus.page`)."""
         with self._lock:
-            return self._job(job_id).status.model_copy(deep=True)
+            return self._job(job_id, caller).status.page(items_from, items_limit)
 
-    def list(self) -> builtins.list[JobStatus]:
-        """Every job kept, oldest first."""
+    def list(self, caller: str | None = None) -> builtins.list[JobStatus]:
+        """Every job of ``caller`` kept, oldest first, without items (:meth:`get` pages
+        them)."""
         with self._lock:
-            return [job.status.model_copy(deep=True) for job in self._jobs.values()]
+            return [
+                job.status.page(0, 0)
+                for job in self._jobs.values()
+                if job.status.owner in (None, caller)
+            ]
 
-    def cancel(self, job_id: str) -> JobStatus:
-        """Cancel a queued job at once, a running one after its current item; finished
-        jobs are returned unchanged."""
+    def cancel(self, job_id: str, caller: str | None = None) -> JobStatus:
+        """Cancel ``caller``'s job: a queued one at once, a running one after its current
+        item; finished jobs are returned unchanged."""
         with self._lock:
-            job = self._job(job_id)
+            job = self._job(job_id, caller)
             if job.status.state is JobState.QUEUED:
                 self._queue.remove(job)
                 self._finish_queued(job)
             elif job.status.state is JobState.RUNNING:
                 job.status.cancel_requested = True
                 job.cancel.set()
-            return job.status.model_copy(deep=True)
+            return job.status.page(0, ITEMS_PAGE)
 
     def start(self) -> None:
         """Start the worker thread (once)."""
@@ -315,11 +385,11 @@ class JobManager:
                 f"too many queued jobs ({self._max_queued}): retry when some are done", 503
             )
 
-    def _job(self, job_id: str) -> _Job:
-        try:
-            return self._jobs[job_id]
-        except KeyError:
-            raise JobError(f"no job {job_id!r}", 404) from None
+    def _job(self, job_id: str, caller: str | None) -> _Job:
+        job = self._jobs.get(job_id)
+        if job is None or job.status.owner not in (None, caller):
+            raise JobError(f"no job {job_id!r}", 404)
+        return job
 
     def _finish_queued(self, job: _Job) -> None:
         job.status.state = JobState.CANCELLED

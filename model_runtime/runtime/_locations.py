@@ -3,7 +3,10 @@
 A *location* is one directory-like place, named by a URI:
 
 - a local directory: an absolute path (``/data/run1``) or ``file:///data/run1``. Relative
-  paths are refused: a runtime's working directory means nothing to the caller;
+  paths are refused: a runtime's working directory means nothing to the caller. Where jobs
+  are confined (``confine_links``), files are read and written only below where the directory
+  led when the job was submitted: a file or folder in it that is a symbolic link out of it
+  (made then or later) fails its item, as the link could lead to another user's files;
 - an S3 prefix: ``s3://bucket/prefix``, reached with the runtime's :class:`S3Credentials`
   (the ``minio`` client). Nothing is created: a missing bucket is an error;
 - a WebDAV collection: ``webdav://host:port/path`` (plain HTTP) or ``webdavs://...``
@@ -23,6 +26,17 @@ then renamed over the target with :func:`os.replace`; an S3 object only exists o
 single PUT or multipart upload completes; a WebDAV file is uploaded to a hidden temporary name
 then ``MOVE``\\d onto its name. Temporary names start with ``.``, so they are never listed.
 
+A runtime may confine jobs to *allowed* locations (:func:`check_allowed`). An allowed entry
+may name its caller: ``{user}`` in its path (``/home/{user}``, ``s3://jobs/{user}``) stands
+for the user a job is submitted for (:class:`JobCaller`), so one deployment shared by many
+hub users gives each their own folder or prefix. Only a runtime that requires the gateway's
+secret can know who calls (the gateway then says so in ``x-hubserve-user``, and nobody else
+can reach the runtime); anywhere else, and for a call that names no user, such entries allow
+nothing. A user name fills a path segment as it is, so only plain names are used: ASCII
+letters, digits and ``. _ @ + -``, starting with a letter or a digit, without ``..``, at most
+128 characters. Any other name (JupyterHub allows more) gets nothing from ``{user}`` entries
+rather than an escaped form another user's name could collide with.
+
 Errors are :class:`LocationError` (a ``ValueError``: a bad URI, a missing directory or file)
 and its subclass :class:`LocationUnavailableError` for a location that cannot be used at all
 any more (unreachable, credentials refused, bucket gone): a batch job records the former
@@ -36,11 +50,13 @@ import contextlib
 import fnmatch
 import os
 import posixpath
+import re
 import shutil
 import uuid
 import xml.etree.ElementTree as ET
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import SplitResult, unquote, urlsplit
@@ -72,11 +88,14 @@ from ..s3 import (
 )
 
 __all__ = [
+    "USER_PLACEHOLDER",
+    "JobCaller",
     "Location",
     "LocationError",
     "LocationUnavailableError",
     "S3Credentials",
     "check_allowed",
+    "check_allowed_entry",
     "open_location",
 ]
 
@@ -92,6 +111,10 @@ _WEBDAV_ERRORS = (
     OSError,
 )
 _SCHEMES = "an absolute path, file://, s3://, webdav:// or webdavs://"
+
+#: Stands for the calling user's name in an allowed location.
+USER_PLACEHOLDER = "{user}"
+_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 
 
 class LocationError(HubserveError, ValueError):
@@ -138,25 +161,94 @@ class Location(ABC):
         return f"<{type(self).__name__} {self.describe()}>"
 
 
-def check_allowed(uri: str, allowed: Sequence[str]) -> None:
+@dataclass(frozen=True)
+class JobCaller:
+    """Whom a job is submitted for, as far as the runtime can tell.
+
+    ``name`` fills ``{user}`` in allowed locations; without one, ``unknown`` says why, for
+    the message that refuses a location.
+    """
+
+    name: str | None
+    unknown: str = ""
+
+    @classmethod
+    def from_header(cls, value: str | None, *, trusted: bool) -> JobCaller:
+        """The caller named by the gateway's ``x-hubserve-user`` header, which only counts
+        when ``trusted``: when the runtime requires the gateway's secret."""
+        if not trusted:
+            return cls(
+                None,
+                "this runtime does not require the gateway's secret, so it cannot tell who calls",
+            )
+        if value is None:
+            return cls(None, "the call names no user")
+        if not _USER_NAME.fullmatch(value) or ".." in value:
+            shown = value if len(value) <= 64 else value[:64] + "..."
+            return cls(
+                None,
+                f"the user name {shown!r} cannot name a folder (only ASCII letters, digits "
+                "and . _ @ + -, starting with a letter or a digit)",
+            )
+        return cls(value)
+
+
+def check_allowed_entry(entry: str) -> None:
+    """Refuse an allowed location whose ``{user}`` is anywhere but in its path.
+
+    In a host or bucket name, a user called ``x@other`` would turn ``s3://{user}/in`` into
+    the bucket ``other``.
+    """
+    if USER_PLACEHOLDER not in entry or entry.startswith("/"):
+        return
+    parts = urlsplit(entry)
+    if USER_PLACEHOLDER in f"{parts.scheme}://{parts.netloc}":
+        raise LocationError(
+            f"{_without_userinfo(entry)}: {USER_PLACEHOLDER} may only stand in the path "
+            "of a job location, not in its scheme, host or bucket"
+        )
+
+
+def check_allowed(uri: str, allowed: Sequence[str], caller: JobCaller | None = None) -> None:
     """Refuse ``uri`` unless it is one of the ``allowed`` locations or below one.
 
     A runtime serves callers the hub lets in, but it reads and writes with its own rights: a
-    deployment restricts its jobs to the folders and prefixes meant for them. Local paths are
-    compared after resolving ``..`` and symbolic links; URIs after dropping their userinfo
-    and normalising their path. No ``allowed`` entries: every location is allowed.
+    deployment restricts its jobs to the folders and prefixes meant for them, or meant for
+    each ``caller`` (``{user}`` entries, see the module doc). Local paths are compared after
+    resolving ``..`` and symbolic links; URIs after dropping their userinfo and normalising
+    their path. No ``allowed`` entries: every location is allowed.
     """
     if not allowed:
         return
+    caller = caller or JobCaller(None, "the call names no user")
     try:
         target = _comparable(uri)
     except (ValueError, OSError, RuntimeError):  # bad port, NUL byte, symlink loop
         raise LocationError(f"invalid location {_without_userinfo(uri)!r}") from None
     for root in allowed:
+        check_allowed_entry(root)
+    name = caller.name
+    usable = [
+        root.replace(USER_PLACEHOLDER, name) if name is not None else root
+        for root in allowed
+        if name is not None or USER_PLACEHOLDER not in root
+    ]
+    for root in usable:
         base = _comparable(root)
         if target == base or target.startswith(base.rstrip("/") + "/"):
             return
-    raise LocationError(f"{_without_userinfo(uri)} is not a location this runtime's jobs may use")
+    templates = [_without_userinfo(root) for root in allowed if USER_PLACEHOLDER in root]
+    shown = ", ".join(_without_userinfo(root) for root in usable)
+    message = f"{_without_userinfo(uri)} is not a location this runtime's jobs may use"
+    if not usable:
+        message += " (no location is allowed for this call)"
+    elif name is not None and templates:
+        message += f" (allowed for {name}: {shown})"
+    else:
+        message += f" (allowed: {shown})"
+    if name is None and templates:
+        message += f"; {', '.join(templates)} allow nothing here: {caller.unknown}"
+    raise LocationError(message)
 
 
 def _comparable(uri: str) -> str:
@@ -180,10 +272,11 @@ def open_location(
     *,
     s3: S3Credentials | None = None,
     webdav_auth: tuple[str, str] | None = None,
+    confine_links: bool = False,
 ) -> Location:
     """The location named by ``uri`` (see module doc); makes no network call."""
     if uri.startswith("/"):
-        return _LocalLocation(Path(uri))
+        return _LocalLocation(Path(uri), confine_links=confine_links)
     parts = urlsplit(uri)
     if parts.scheme == "":
         raise LocationError(
@@ -192,7 +285,7 @@ def open_location(
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise LocationError("file:// URIs must name a local path (file:///path)")
-        return _LocalLocation(Path(unquote(parts.path)))
+        return _LocalLocation(Path(unquote(parts.path)), confine_links=confine_links)
     if parts.scheme == "s3":
         return _open_s3(parts, s3)
     if parts.scheme in ("webdav", "webdavs"):
@@ -244,8 +337,25 @@ def _raise_oserror(exc: OSError) -> NoReturn:
 
 
 class _LocalLocation(Location):
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, confine_links: bool = False) -> None:
         self.root = root
+        # With confine_links, where the root leads now, when the job is checked: every file
+        # read or written must stay below it, so that no symbolic link in the tree, nor one
+        # swapped in while the job waits, takes the job to another folder.
+        self._real: Path | None = None
+        if confine_links:
+            try:
+                self._real = root.resolve()
+            except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop
+                raise LocationError(f"cannot resolve {root}: symbolic link loop") from None
+
+    def _inside(self, path: Path) -> bool:
+        if self._real is None:
+            return True
+        try:
+            return path.resolve().is_relative_to(self._real)
+        except (OSError, RuntimeError):
+            return False
 
     def describe(self) -> str:
         return str(self.root)
@@ -277,6 +387,8 @@ class _LocalLocation(Location):
         return sorted(found)
 
     def fetch(self, rel: str, dest: Path) -> None:
+        if not self._inside(self.root / rel):
+            raise LocationError(f"{rel} in {self.root} is a symbolic link out of it")
         try:
             shutil.copyfile(self.root / rel, dest)
         except FileNotFoundError:
@@ -292,6 +404,8 @@ class _LocalLocation(Location):
             rel = _join(rel_prefix, rel_file)
             target = self.root / rel
             temporary = target.with_name(f".hubserve-{uuid.uuid4().hex}.part")
+            if not self._inside(target.parent):
+                raise LocationError(f"{rel} in {self.root} leads out of it (symbolic link)")
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 try:

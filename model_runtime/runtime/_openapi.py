@@ -18,7 +18,7 @@ from fastapi.openapi.utils import get_openapi
 
 from ..service import ApiSpec
 from . import _codecs
-from ._jobs import JobStatus
+from ._jobs import ITEMS_PAGE, MAX_ITEMS_FROM, MAX_ITEMS_PAGE, JobStatus
 from ._runtime import Runtime
 
 ERROR = {
@@ -108,6 +108,27 @@ def _response_schema(spec: ApiSpec, media: str) -> dict[str, Any]:
     return {"type": "string", "format": "binary"}
 
 
+_ITEMS_PAGE_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "items_from",
+        "in": "query",
+        "description": "Index of the first item to return.",
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ITEMS_FROM, "default": 0},
+    },
+    {
+        "name": "items_limit",
+        "in": "query",
+        "description": "Most items to return (0: the summary alone).",
+        "schema": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_ITEMS_PAGE,
+            "default": ITEMS_PAGE,
+        },
+    },
+]
+
+
 def _job_paths(runtime: Runtime) -> dict[str, Any]:
     """``/jobs`` routes, when the service has path APIs (else there are no jobs to document).
 
@@ -126,7 +147,7 @@ def _job_paths(runtime: Runtime) -> dict[str, Any]:
         "/jobs": {
             "get": {
                 "tags": ["batch jobs"],
-                "summary": "Jobs of this runtime, newest first",
+                "summary": "Jobs of this runtime, oldest first, without their items",
                 "operationId": "list_jobs",
                 "responses": {"200": reply("Jobs", {"type": "array", "items": status})},
             }
@@ -143,15 +164,23 @@ def _job_paths(runtime: Runtime) -> dict[str, Any]:
                     **{code: ERROR for code in ("400", "404", "413", "422", "503")},
                 },
             },
-            **{
-                method: {
-                    "tags": ["batch jobs"],
-                    "summary": summary,
-                    "operationId": f"{method}_job",
-                    "parameters": [job_id],
-                    "responses": {"200": reply("The job", status), "404": ERROR},
-                }
-                for method, summary in (("get", "Job status"), ("delete", "Cancel a job"))
+            "get": {
+                "tags": ["batch jobs"],
+                "summary": "Job status, with a page of its items",
+                "description": (
+                    "Items are only ever appended: ask for the items from the last answer's"
+                    " `items_next` on to receive each item once."
+                ),
+                "operationId": "get_job",
+                "parameters": [job_id, *_ITEMS_PAGE_PARAMETERS],
+                "responses": {"200": reply("The job", status), "404": ERROR, "422": ERROR},
+            },
+            "delete": {
+                "tags": ["batch jobs"],
+                "summary": "Cancel a job",
+                "operationId": "delete_job",
+                "parameters": [job_id],
+                "responses": {"200": reply("The job, with its first items", status), "404": ERROR},
             },
         },
     }

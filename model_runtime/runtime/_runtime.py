@@ -31,8 +31,8 @@ from ..service import ApiSpec, Service
 from ..store import StoreSettings
 from . import _codecs
 from ._batching import AdaptiveBatcher
-from ._jobs import JobManager
-from ._locations import Location, S3Credentials, check_allowed, open_location
+from ._jobs import JobError, JobManager, JobStatus
+from ._locations import JobCaller, check_allowed, open_location
 from ._metrics import RuntimeMetrics
 from ._settings import RuntimeSettings
 
@@ -110,9 +110,9 @@ class Runtime:
                 {name: spec.func for name, spec in self.path_apis.items()},
                 work_dir=self._work_dir(),
                 open_location=partial(
-                    _open_job_location,
-                    allowed=self.settings.job_locations,
+                    open_location,
                     s3=StoreSettings().s3_credentials(),
+                    confine_links=bool(self.settings.job_locations),
                 ),
             )
             self.jobs.start()
@@ -172,6 +172,27 @@ class Runtime:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, _on_model_thread(spec.func), value)
 
+    def submit_job(
+        self, api: str, input: str, output: str, *, pattern: str | None, user: str | None
+    ) -> JobStatus:
+        """Queue a batch job for ``user`` (the gateway's ``x-hubserve-user``), inside the
+        ``job_locations`` that apply to that caller; blocks while the locations are checked.
+
+        Raises :class:`~._locations.LocationError` for a location outside them.
+        """
+        if self.jobs is None:
+            raise JobError("this model has no path APIs, so no batch jobs", 404)
+        caller = self.job_caller(user)
+        if api in self.path_apis:  # an unknown API is a 404, whatever the locations
+            for uri in (input, output):
+                check_allowed(uri, self.settings.job_locations, caller)
+        return self.jobs.submit(api, input, output, pattern=pattern, owner=caller.name)
+
+    def job_caller(self, user: str | None) -> JobCaller:
+        """Who calls, from the gateway's ``x-hubserve-user`` header ``user``: trusted only
+        when this runtime requires the gateway's secret."""
+        return JobCaller.from_header(user, trusted=self.settings.api_token is not None)
+
     async def stop(self) -> None:
         """Stop taking work, finish what is queued, then release the model thread."""
         self.ready = False
@@ -197,11 +218,6 @@ class Runtime:
                 for spec in self.service.apis.values()
             ],
         }
-
-
-def _open_job_location(uri: str, *, allowed: list[str], s3: S3Credentials | None) -> Location:
-    check_allowed(uri, allowed)
-    return open_location(uri, s3=s3)
 
 
 def _synthetic_input(spec: ApiSpec) -> Any:

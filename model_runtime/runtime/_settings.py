@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ._locations import check_allowed_entry
 
 
 class BatchingOverride(BaseModel):
@@ -42,13 +44,22 @@ class RuntimeSettings(BaseSettings):
     warmup: bool = True
     work_dir: Path | None = None
     #: Folders and URI prefixes (``/data/in``, ``s3://bucket/jobs``) that batch jobs may read
-    #: and write, below which every job location must lie; empty: any location.
+    #: and write, below which every job location must lie; empty: any location. ``{user}``
+    #: in a path (``/home/{user}``, ``s3://jobs/{user}``) is the calling hub user's name, and
+    #: only counts with ``api_token`` set (see :mod:`model_runtime.runtime._locations`).
     job_locations: list[str] = Field(default_factory=list)
     graceful_timeout: float = 30.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     access_log: bool = False
     cache_dir: Path | None = None
+
+    @field_validator("job_locations")
+    @classmethod
+    def _user_only_in_paths(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            check_allowed_entry(entry)
+        return value
 
     def torch_threads(self) -> int:
         if self.threads is not None:

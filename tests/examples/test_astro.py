@@ -90,18 +90,23 @@ def client(
 
 
 def run_job(client: TestClient, source: str, target: str) -> tuple[dict[str, Any], list[int]]:
-    """Start ``segment_folder`` over ``source`` and poll it to the end; returns the final
-    status and every ``items_done`` seen while it ran (the progress a notebook shows)."""
+    """Start ``segment_folder`` over ``source`` and poll it to the end, asking each time for
+    the new items only, as the client does; returns the final status with every item and every
+    ``items_done`` seen while it ran (the progress a notebook shows)."""
     started = client.post("/jobs/segment_folder", json={"input": source, "output": target})
     assert started.status_code == 202, started.text
     job_id = started.json()["id"]
     seen: list[int] = []
+    items: list[dict[str, Any]] = []
     deadline = time.monotonic() + 60
     while True:
-        status: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+        status: dict[str, Any] = client.get(
+            f"/jobs/{job_id}", params={"items_from": len(items)}
+        ).json()
+        items += status["items"]
         seen.append(status["items_done"])
-        if status["state"] in FINAL_STATES:
-            return status, seen
+        if status["state"] in FINAL_STATES and len(items) == status["items_done"]:
+            return {**status, "items": items}, seen
         assert time.monotonic() < deadline, f"job did not finish: {status}"
         time.sleep(0.02)
 

@@ -235,3 +235,65 @@ def test_migrations_match_the_models(tmp_path: Path) -> None:
     with database.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     database.dispose()
+
+
+def test_user_job_locations_give_each_caller_their_own_folder(tmp_path: Path) -> None:
+    """``{user}`` in ``HUBSERVE_JOB_LOCATIONS``: on one public deployment, alice's jobs may
+    use ``<root>/alice`` but not ``<root>/bob``, and bob's the other way round; the gateway
+    names the caller, and a forged ``x-hubserve-user`` changes nothing."""
+    sink = build_bundle(f"{SINK_SERVICE}:service", output_dir=tmp_path / "build")
+    store = LocalStore(tmp_path / "store")
+    store.push(sink.archive, owner="alice")
+    root = tmp_path / "jobs"
+    for user in ("alice", "bob"):
+        (root / user / "in").mkdir(parents=True)
+        np.save(root / user / "in" / "a.npy", np.ones(2, dtype=np.float32))
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(
+        json.dumps({"alice-token-123": {"name": "alice"}, "bob-token-456": {"name": "bob"}})
+    )
+    settings = HubServiceSettings(
+        static_token_file=tokens, data_dir=tmp_path / "data", job_locations=[f"{root}/{{user}}"]
+    )
+    local = LocalBackend(
+        store,
+        settings.data_dir,
+        LocalBackendSettings(health_interval=0.2),
+        job_locations=settings.job_locations,
+    )
+    bob = {"Authorization": "token bob-token-456"}
+    with TestClient(create_app(settings, store=store, backend=local)) as client:
+        response = client.post(
+            f"{PREFIX}/api/deployments",
+            json={"model": "sink", "access": {"public": True}},
+            headers=ALICE,
+        )
+        assert response.status_code == 201, response.text
+        _wait(client, lambda s: s["phase"] == "ready", name="sink")
+        jobs = f"{PREFIX}/d/alice/sink/jobs"
+
+        def job(owner: str) -> dict[str, str]:
+            return {"input": f"{root}/{owner}/in", "output": f"{root}/{owner}/out"}
+
+        for caller, name, other in ((ALICE, "alice", "bob"), (bob, "bob", "alice")):
+            forged = {**caller, "x-hubserve-user": other}
+            refused = client.post(f"{jobs}/invert", json=job(other), headers=forged)
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["detail"] == (
+                f"{root}/{other}/in is not a location this runtime's jobs may use "
+                f"(allowed for {name}: {root}/{name})"
+            )
+            accepted = client.post(f"{jobs}/invert", json=job(name), headers=caller)
+            assert accepted.status_code == 202, accepted.text
+            url = f"{jobs}/{accepted.json()['id']}"
+            deadline = time.monotonic() + 30
+            while (state := client.get(url, headers=caller).json()["state"]) in (
+                "queued",
+                "running",
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert state == "succeeded"
+            np.testing.assert_array_equal(
+                np.load(root / name / "out" / "a" / "inverted.npy"), -np.ones(2)
+            )

@@ -244,6 +244,27 @@ def test_make_up_starts_the_stack_and_sigint_stops_all_of_it(stack: Stack) -> No
     assert mask.shape == (2, 64, 96)
     assert mask.dtype == np.uint8
     assert int(mask.max()) < 4  # background, point, extended, artefact
+    # A batch job like the notebook's, in the caller's home: HUBSERVE_JOB_LOCATIONS is
+    # users/{user}, so boss's jobs may use boss's home and not alice's.
+    homes = state.resolve() / "users"
+    sky = homes / "boss" / "astro-work" / "sky"
+    sky.mkdir(parents=True, exist_ok=True)
+    np.save(sky / "field.npy", np.random.default_rng(1).normal(size=(64, 96)).astype(np.float32))
+    jobs = f"{url}/services/hubserve/d/boss/astro/jobs"
+    theirs = {"input": str(homes / "alice" / "sky"), "output": str(homes / "alice" / "out")}
+    elsewhere = httpx.post(f"{jobs}/segment_folder", headers=admin, json=theirs, timeout=30)
+    assert elsewhere.status_code == 422, elsewhere.text
+    assert f"(allowed for boss: {homes / 'boss'})" in elsewhere.json()["detail"]
+    segmented = homes / "boss" / "astro-work" / "segmented"
+    own = {"input": str(sky), "output": str(segmented)}
+    accepted = httpx.post(f"{jobs}/segment_folder", headers=admin, json=own, timeout=30)
+    assert accepted.status_code == 202, accepted.text
+    job_url, deadline = f"{jobs}/{accepted.json()['id']}", time.monotonic() + 60
+    while (job := httpx.get(job_url, headers=admin).json())["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["state"] == "succeeded", job
+    assert (segmented / "field" / "field.mask.fits").is_file()
     # The token make up got for it is gone; its own service token cannot use hubserve.
     tokens = httpx.get(f"{url}/hub/api/users/boss/tokens", headers=admin, timeout=10).json()
     assert not [t for t in tokens["api_tokens"] if "preload" in (t["note"] or "")], tokens

@@ -36,6 +36,7 @@ from jupyter_extension.client import (
     ModelVersion,
     NotFound,
     ServiceUnavailable,
+    _operations,
 )
 from model_runtime.bundle import extract_archive
 from tests.model_runtime.notebook import Notebook
@@ -351,9 +352,12 @@ def test_logs_of_each_replica(user: User, deployed: Deployment) -> None:
     assert any(chunk.lines for chunk in chunks)
 
 
-def test_batch_job_over_a_directory(user: User, deployed: Deployment, tmp_path: Path) -> None:
+def test_batch_job_over_a_directory(
+    user: User, deployed: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With two replicas: a job lives in one of them, and the gateway keeps sending its status
-    calls there."""
+    calls there, query string included: pages of two items add up to the whole job."""
+    monkeypatch.setattr(_operations, "JOB_ITEMS_PAGE", 2)
     user.client.scale(DEPLOYMENT, 2, wait=True, timeout=READY_TIMEOUT)
     source, target = tmp_path / "in", tmp_path / "out"
     source.mkdir()
@@ -367,10 +371,12 @@ def test_batch_job_over_a_directory(user: User, deployed: Deployment, tmp_path: 
         DEPLOYMENT, job, timeout=READY_TIMEOUT, progress=lambda j: states.append(j.state)
     )
     assert done.state == "succeeded" and done.finished and done.items_done == 3
+    assert [item.item for item in done.items] == ["x0.npy", "x1.npy", "x2.npy"]
     assert states[-1] == "succeeded"
     np.testing.assert_array_equal(np.load(target / "x2" / "negated.npy"), np.full((2, 2), -2))
     for _ in range(6):  # round-robin would send half of these to the other replica
-        assert user.client.job(DEPLOYMENT, job.id).items_failed == 0
+        again = user.client.job(DEPLOYMENT, job.id)
+        assert again.items_failed == 0 and again.items == done.items
     with pytest.raises(NotFound):
         user.client.job(DEPLOYMENT, "no-such-job")
     user.client.scale(DEPLOYMENT, 1, wait=True, timeout=READY_TIMEOUT)

@@ -223,6 +223,63 @@ def test_a_job_that_never_ends_times_out(fast_polling: None) -> None:
     assert seen and set(seen) == {"abc"}
 
 
+def _paging_runtime(items: list[dict[str, Any]], sent: list[str]) -> Handler:
+    """A runtime's job status route whose job processes four more items at every request,
+    and answers pages as the runtime does; ``sent`` records every item it answers."""
+    done = 0
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal done
+        done = min(done + 4, len(items))
+        start, limit = (int(request.url.params[name]) for name in ("items_from", "items_limit"))
+        page = items[start : min(start + limit, done)]
+        sent.extend(item["item"] for item in page)
+        state = "succeeded" if done == len(items) else "running"
+        body = {**JOB, "state": state, "items_done": done, "items": page, "items_from": start}
+        return httpx.Response(200, json=body)
+
+    return answer
+
+
+def test_waiting_for_a_job_fetches_each_item_once(
+    fast_polling: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages smaller than what each poll brings, and the job ends while the client is still
+    behind: it pages on until it has everything, and receives every item once."""
+    monkeypatch.setattr(_operations, "JOB_ITEMS_PAGE", 3)
+    items = [{"item": f"{n:02}.fits", "ok": True, "seconds": 0.1} for n in range(10)]
+    names = [item["item"] for item in items]
+    sent: list[str] = []
+    seen: list[int] = []
+    with _client(_paging_runtime(items, sent)) as client:
+        job = client.wait_job("alice/iris", "abc", progress=lambda j: seen.append(len(j.items)))
+    assert [item.item for item in job.items] == names and sent == names
+    assert (job.state, job.items_from) == ("succeeded", 0)
+    assert seen == sorted(seen) and seen[-1] == len(names)
+
+    async def scenario() -> list[str]:
+        transport = httpx.MockTransport(_paging_runtime(items, sent))
+        async with AsyncClient(URL, TOKEN, transport=transport) as client:
+            return [item.item for item in (await client.job("alice/iris", "abc")).items]
+
+    sent.clear()  # one call pages until it has caught up with the job, which went on meanwhile
+    assert asyncio.run(scenario()) == names and sent == names
+
+
+def test_a_runtime_without_pages_still_gives_every_item_once(fast_polling: None) -> None:
+    """An older runtime ignores the page parameters and answers every item each time."""
+    items = [{"item": f"{n}.fits", "ok": True} for n in range(4)]
+    answers = iter(
+        [
+            {**JOB, "state": "running", "items_done": 2, "items": items[:2]},
+            {**JOB, "state": "succeeded", "items_done": 4, "items": items},
+        ]
+    )
+    with _client(lambda _: httpx.Response(200, json=next(answers))) as client:
+        job = client.wait_job("alice/iris", "abc", progress=False)
+    assert [item.item for item in job.items] == [item["item"] for item in items]
+
+
 def test_async_client_maps_errors_the_same_way() -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         assert request.headers["authorization"] == f"token {TOKEN}"

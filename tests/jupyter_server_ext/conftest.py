@@ -13,13 +13,18 @@ classes override for the error cases.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from jupyter_server.serverapp import ServerApp
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
 from traitlets.config import Config
 
 from jupyter_extension.serverext.handlers import SETTINGS_KEY, ServiceClient
@@ -32,6 +37,8 @@ SERVICE_TOKENS = {
     ALICE_TOKEN: {"name": "alice"},
     BOB_TOKEN: {"name": "bob"},
 }
+UPSTREAM_TOKEN = "upstream-secret-token"
+"""The extension's token for the :func:`echo_upstream` service."""
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024
 """The service's upload limit (small, so a test can exceed it)."""
 #: Variables that would configure the extension (or the service) from outside the test.
@@ -124,3 +131,78 @@ def close_service_client(jp_asyncio_loop: Any, jp_server_cleanup: None) -> Itera
     client = web_app.settings.get(SETTINGS_KEY) if web_app is not None else None
     if isinstance(client, ServiceClient):
         jp_asyncio_loop.run_until_complete(client.aclose())
+
+
+class _Echo(web.RequestHandler):
+    """Answers with what it received; ``.../teapot`` answers 418 with extra headers,
+    ``.../slow`` not before the test ends, ``.../hangup`` by closing the connection."""
+
+    def initialize(self, seen: list[dict[str, Any]], release: asyncio.Event) -> None:
+        self.seen = seen
+        self.release = release
+
+    def _answer(self) -> None:
+        request = self.request
+        record = {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query,
+            "headers": dict(request.headers),
+            "size": len(request.body),
+        }
+        self.seen.append(record)
+        if request.path.endswith("/teapot"):
+            self.set_status(418)
+            self.set_header("Content-Type", "application/problem+json")
+            self.set_header("Set-Cookie", "upstream=1")
+            self.set_header("Retry-After", "7")
+            self.set_header("Location", "/services/hubserve/api/deployments/alice/pot?x=1")
+            self.finish(json.dumps({"detail": "short and stout"}))
+            return
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        self.finish(f"size,{len(request.body)}\n")
+
+    async def get(self, *_: str) -> None:
+        if self.request.path.endswith("/slow"):
+            await self.release.wait()  # until the test is over
+        if self.request.path.endswith("/hangup"):
+            assert self.request.connection is not None
+            self.request.connection.close()  # type: ignore[attr-defined]
+            return
+        self._answer()
+
+    def post(self, *_: str) -> None:
+        self._answer()
+
+    def put(self, *_: str) -> None:
+        self._answer()
+
+
+@dataclass
+class EchoUpstream:
+    """A stand-in for the service that answers with what it received (see :class:`_Echo`)."""
+
+    url: str
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    """Every request it answered: method, path, query, headers and body size."""
+
+
+@pytest.fixture
+def echo_upstream(jp_asyncio_loop: asyncio.AbstractEventLoop) -> Iterator[EchoUpstream]:
+    """An :class:`_Echo` server on the test's event loop, to see exactly what is forwarded."""
+    release = asyncio.Event()
+    sock, port = bind_unused_port()
+    upstream = EchoUpstream(f"http://127.0.0.1:{port}/services/hubserve/")
+
+    async def start() -> HTTPServer:
+        options = {"seen": upstream.seen, "release": release}
+        app = web.Application([(r"/services/hubserve/(.*)", _Echo, options)])
+        server = HTTPServer(app)
+        server.add_socket(sock)
+        return server
+
+    server = jp_asyncio_loop.run_until_complete(start())
+    yield upstream
+    release.set()
+    server.stop()
+    jp_asyncio_loop.run_until_complete(server.close_all_connections())

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from jupyter_server.base.handlers import APIHandler
-from tornado import web
 from tornado.httpclient import HTTPResponse
-from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
 
 import jupyter_extension
 from jupyter_extension.serverext import HubserveExtension
@@ -27,7 +24,7 @@ from jupyter_extension.serverext._routes import RouteError, resolve
 from jupyter_extension.serverext.handlers import ConfigHandler, ProxyHandler
 from tests.live_hub import REPO, free_port
 
-from .conftest import ALICE_TOKEN, MAX_UPLOAD_BYTES, LiveService
+from .conftest import ALICE_TOKEN, MAX_UPLOAD_BYTES, UPSTREAM_TOKEN, EchoUpstream, LiveService
 
 Fetch = Callable[..., Awaitable[HTTPResponse]]
 READY_TIMEOUT = 90
@@ -437,75 +434,11 @@ class TestInsideAHub:
 
 # -- what exactly goes through: an echoing upstream -------------------------------------------
 
-UPSTREAM_TOKEN = "upstream-secret-token"
-
-
-class _Echo(web.RequestHandler):
-    """Answers with what it received; ``.../teapot`` answers 418 with extra headers,
-    ``.../slow`` not before the test ends, ``.../hangup`` by closing the connection."""
-
-    def initialize(self, seen: list[dict[str, Any]], release: asyncio.Event) -> None:
-        self.seen = seen
-        self.release = release
-
-    def _answer(self) -> None:
-        request = self.request
-        record = {
-            "method": request.method,
-            "path": request.path,
-            "query": request.query,
-            "headers": dict(request.headers),
-            "size": len(request.body),
-        }
-        self.seen.append(record)
-        if request.path.endswith("/teapot"):
-            self.set_status(418)
-            self.set_header("Content-Type", "application/problem+json")
-            self.set_header("Set-Cookie", "upstream=1")
-            self.set_header("Retry-After", "7")
-            self.set_header("Location", "/services/hubserve/api/deployments/alice/pot?x=1")
-            self.finish(json.dumps({"detail": "short and stout"}))
-            return
-        self.set_header("Content-Type", "text/csv; charset=utf-8")
-        self.finish(f"size,{len(request.body)}\n")
-
-    async def get(self, *_: str) -> None:
-        if self.request.path.endswith("/slow"):
-            await self.release.wait()  # until the test is over
-        if self.request.path.endswith("/hangup"):
-            assert self.request.connection is not None
-            self.request.connection.close()  # type: ignore[attr-defined]
-            return
-        self._answer()
-
-    def post(self, *_: str) -> None:
-        self._answer()
-
-    def put(self, *_: str) -> None:
-        self._answer()
-
 
 class TestForwarding:
     @pytest.fixture
-    def upstream(
-        self, jp_asyncio_loop: asyncio.AbstractEventLoop
-    ) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-        seen: list[dict[str, Any]] = []
-        release = asyncio.Event()
-        sock, port = bind_unused_port()
-
-        async def start() -> HTTPServer:
-            options = {"seen": seen, "release": release}
-            app = web.Application([(r"/services/hubserve/(.*)", _Echo, options)])
-            server = HTTPServer(app)
-            server.add_socket(sock)
-            return server
-
-        server = jp_asyncio_loop.run_until_complete(start())
-        yield f"http://127.0.0.1:{port}/services/hubserve/", seen
-        release.set()
-        server.stop()
-        jp_asyncio_loop.run_until_complete(server.close_all_connections())
+    def upstream(self, echo_upstream: EchoUpstream) -> tuple[str, list[dict[str, Any]]]:
+        return echo_upstream.url, echo_upstream.seen
 
     @pytest.fixture
     def hubserve_config(self, upstream: tuple[str, list[dict[str, Any]]]) -> dict[str, Any]:

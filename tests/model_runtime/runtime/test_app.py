@@ -288,7 +288,11 @@ def test_batch_job_over_a_folder_with_a_corrupt_file(client: TestClient, tmp_pat
         ("broken.npy", "broken.npy is not a .npy array")
     ]
     assert np.array_equal(np.load(outbox / "img3" / "inverted.npy"), -np.full((2, 2), 3))
-    assert client.get("/jobs").json()[0]["id"] == job_id
+    page = client.get(f"/jobs/{job_id}", params={"items_from": 3, "items_limit": 1}).json()
+    assert [item["item"] for item in page["items"]] == [status["items"][3]["item"]]
+    assert (page["items_from"], page["items_next"], page["items_done"]) == (3, 4, 5)
+    (listed,) = client.get("/jobs").json()
+    assert (listed["id"], listed["items"], listed["items_done"]) == (job_id, [], 5)
     # The API's own route starts a job too.
     again = client.post("/invert", json={"input": str(inbox), "output": str(tmp_path / "o2")})
     assert again.status_code == 202
@@ -314,6 +318,19 @@ def test_job_errors(client: TestClient, tmp_path: Path) -> None:
     )
     assert client.post("/jobs/invert", json={"input": "/tmp"}).status_code == 422
     assert client.get("/jobs/deadbeef").status_code == 404
+    for query in (
+        "items_limit=-1",
+        "items_limit=1001",
+        "items_limit=ten",
+        "items_limit=",
+        "items_from=-5",
+        "items_from=2147483648",
+        "items_from=" + "9" * 5000,
+        "items_from=%EF%BC%91",  # a full-width digit: isdigit() but not ASCII
+    ):
+        refused = client.get(f"/jobs/deadbeef?{query}")
+        assert refused.status_code == 422, query
+        assert "must be an integer from 0 to" in refused.json()["detail"]
 
 
 def test_jobs_stay_inside_the_allowed_locations(sink_bundle: BuiltBundle, tmp_path: Path) -> None:
@@ -342,3 +359,75 @@ def test_jobs_stay_inside_the_allowed_locations(sink_bundle: BuiltBundle, tmp_pa
             "/jobs/invert", json={"input": str(allowed / "in"), "output": str(allowed / "out")}
         )
         assert ok.status_code == 202, ok.text
+
+
+def test_user_job_locations_follow_the_gateways_user_header(
+    sink_bundle: BuiltBundle, tmp_path: Path
+) -> None:
+    """With the gateway secret required, ``{user}`` is the name in ``x-hubserve-user``, on
+    ``/jobs/<api>`` and on the path API itself; without the secret, the header counts for
+    nothing."""
+    home = tmp_path / "home"
+    for user in ("alice", "bob"):
+        (home / user / "in").mkdir(parents=True)
+        np.save(home / user / "in" / "a.npy", np.zeros(2, dtype=np.float32))
+    locations = [f"{home}/{{user}}"]
+
+    def job(owner: str) -> dict[str, str]:
+        return {"input": f"{home}/{owner}/in", "output": f"{home}/{owner}/out"}
+
+    secret = {"x-hubserve-token": "s3cret-token"}
+    with make_client(
+        sink_bundle, tmp_path, api_token="s3cret-token", job_locations=locations
+    ) as client:
+        for route in ("/jobs/invert", "/invert"):
+            as_alice = {**secret, "x-hubserve-user": "alice"}
+            ok = client.post(route, json=job("alice"), headers=as_alice)
+            assert ok.status_code == 202, ok.text
+            theirs = client.post(route, json=job("bob"), headers=as_alice)
+            assert theirs.status_code == 422
+            assert theirs.json()["detail"] == (
+                f"{home}/bob/in is not a location this runtime's jobs may use "
+                f"(allowed for alice: {home}/alice)"
+            )
+            for headers, why in (
+                (secret, "the call names no user"),
+                ({**secret, "x-hubserve-user": "../bob"}, "'../bob' cannot name a folder"),
+            ):
+                refused = client.post(route, json=job("bob"), headers=headers)
+                assert refused.status_code == 422 and why in refused.json()["detail"]
+                assert "s3cret" not in refused.text
+    with make_client(sink_bundle, tmp_path, job_locations=locations) as client:
+        untrusted = client.post(
+            "/jobs/invert", json=job("alice"), headers={"x-hubserve-user": "alice"}
+        )
+        assert untrusted.status_code == 422
+        assert "does not require the gateway's secret" in untrusted.json()["detail"]
+
+
+def test_jobs_belong_to_the_caller_who_submitted_them(
+    sink_bundle: BuiltBundle, tmp_path: Path
+) -> None:
+    """Behind the gateway, a job is seen, listed and cancelled only by its submitter: to any
+    other caller of the same deployment it does not exist. Without the secret (a standalone
+    runtime) nobody is known, and jobs are everyone's."""
+    (tmp_path / "in").mkdir()
+    np.save(tmp_path / "in" / "a.npy", np.zeros(2, dtype=np.float32))
+    body = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}
+    secret = {"x-hubserve-token": "s3cret-token"}
+    alice, bob = ({**secret, "x-hubserve-user": name} for name in ("alice", "bob"))
+    with make_client(sink_bundle, tmp_path, api_token="s3cret-token") as client:
+        job = client.post("/jobs/invert", json=body, headers=alice).json()
+        assert job["owner"] == "alice"
+        url = f"/jobs/{job['id']}"
+        assert client.get(url, headers=alice).status_code == 200
+        assert [j["id"] for j in client.get("/jobs", headers=alice).json()] == [job["id"]]
+        for other in (bob, secret):  # another user; a call that names no user
+            assert client.get(url, headers=other).status_code == 404
+            assert client.delete(url, headers=other).status_code == 404
+            assert client.get("/jobs", headers=other).json() == []
+        assert client.delete(url, headers=alice).status_code == 200
+    with make_client(sink_bundle, tmp_path) as client:
+        job = client.post("/jobs/invert", json=body, headers={"x-hubserve-user": "alice"}).json()
+        assert job["owner"] is None
+        assert client.get(f"/jobs/{job['id']}").status_code == 200

@@ -22,14 +22,18 @@ from typing import Any
 import numpy as np
 import pytest
 from minio import Minio
+from pydantic import ValidationError
 
-from model_runtime.runtime._jobs import JobError, JobManager, JobState, JobStatus
+from model_runtime.runtime import RuntimeSettings
+from model_runtime.runtime._jobs import ITEMS_PAGE, JobError, JobManager, JobState, JobStatus
 from model_runtime.runtime._locations import (
+    JobCaller,
     Location,
     LocationError,
     LocationUnavailableError,
     S3Credentials,
     check_allowed,
+    check_allowed_entry,
     open_location,
 )
 from model_runtime.testing.s3server import S3Server
@@ -274,6 +278,63 @@ def test_submit_rejects_bad_requests(tmp_path: Path, managers: Callable[..., Job
     with pytest.raises(JobError):
         manager.cancel("nope")
     assert manager.list() == []
+
+
+def test_status_pages_cover_every_item_once_while_the_job_runs(
+    tmp_path: Path, managers: Callable[..., JobManager]
+) -> None:
+    """A client that asks each time for the items from ``items_next`` on gets every item
+    exactly once and in order, whether it polls between items or while they pour in."""
+    names = [f"{n:02}.fits" for n in range(12)]
+    write_tree(tmp_path / "in", dict.fromkeys(names, b"x"))
+    gate = Gate()
+    manager = managers({"gate": gate})
+    job = manager.submit("gate", str(tmp_path / "in"), str(tmp_path / "out"))
+    seen: list[str] = []
+
+    def poll() -> JobStatus:
+        status = manager.get(job.id, items_from=len(seen), items_limit=2)
+        assert status.items_from == len(seen) and len(status.items) <= 2
+        assert status.items_next == len(seen) + len(status.items) <= status.items_done
+        seen.extend(item.item for item in status.items)
+        return status
+
+    for _ in range(4):  # one item at a time: each poll catches up, in pages of two
+        gate.wait_entered()
+        while poll().items_next < manager.get(job.id, items_limit=0).items_done:
+            pass
+        gate.let_through()
+    gate.let_through(len(names))  # the rest at once, appended while the client pages
+    while True:
+        status = poll()
+        if status.state in FINAL_STATES and status.items_next == status.items_done:
+            break
+    assert seen == names
+    assert poll().items == []  # caught up: a poll costs the summary alone
+
+    assert [item.item for item in manager.get(job.id, items_from=10).items] == names[10:]
+    assert manager.get(job.id, items_from=99).items == []
+    summary = manager.get(job.id, items_limit=0)
+    assert (summary.items, summary.items_next, summary.items_done) == ([], 0, len(names))
+    (listed,) = manager.list()
+    assert (listed.id, listed.items, listed.items_done) == (job.id, [], len(names))
+    published = json.loads((tmp_path / "out" / "_job.json").read_text())
+    assert [item["item"] for item in published["items"]] == names
+    assert published["items_next"] == len(names)
+
+
+def test_a_status_holds_a_bounded_page_of_items_by_default(
+    tmp_path: Path, managers: Callable[..., JobManager]
+) -> None:
+    """A client that does not paginate pays for at most ``ITEMS_PAGE`` items per poll."""
+    write_tree(tmp_path / "in", {f"{n:03}.txt": b"x" for n in range(ITEMS_PAGE + 20)})
+    manager = managers({"name": lambda src, out_dir: src.name})
+    job = manager.submit("name", str(tmp_path / "in"), str(tmp_path / "out"))
+    status = wait_finished(manager, job.id)
+    assert (len(status.items), status.items_next) == (ITEMS_PAGE, ITEMS_PAGE)
+    assert status.items_done == ITEMS_PAGE + 20
+    rest = manager.get(job.id, items_from=status.items_next)
+    assert [item.result for item in rest.items] == [f"{n:03}.txt" for n in range(100, 120)]
 
 
 def test_progress_is_observable_and_a_running_job_can_be_cancelled(
@@ -712,3 +773,173 @@ def test_a_full_local_disk_is_not_blamed_on_s3(
         location.fetch("a.fits", Path("/dev/full"))
     assert not isinstance(err.value, LocationUnavailableError)
     assert "S3" not in str(err.value)
+
+
+def test_user_entries_give_each_caller_their_own_locations(tmp_path: Path) -> None:
+    """``{user}`` is the caller's name: alice gets her folder and prefixes, not bob's, also
+    not through ``..``, a longer name, or a symbolic link; refusals list what alice may use,
+    without the WebDAV password."""
+    home = tmp_path / "home"
+    (home / "alice").mkdir(parents=True)
+    (home / "bob").mkdir()
+    (home / "alice" / "to-bob").symlink_to(home / "bob")
+    roots = [f"{home}/{{user}}", "s3://jobs/{user}", "webdav://u:pw@dav:8080/share/{user}"]
+    alice = JobCaller("alice")
+    for uri in (
+        f"{home}/alice",
+        f"{home}/alice/in/run1",
+        "s3://jobs/alice/run1",
+        "webdav://dav:8080/share/alice/in",
+    ):
+        check_allowed(uri, roots, alice)
+    for uri in (
+        f"{home}/bob/in",
+        f"{home}/alice2",
+        f"{home}/alice/../bob",
+        f"{home}/alice/to-bob",
+        f"{home}/{{user}}",
+        "s3://jobs/bob",
+        "s3://jobs/alice-x",
+        "webdav://dav:8080/share/bob",
+    ):
+        with pytest.raises(LocationError) as refused:
+            check_allowed(uri, roots, alice)
+        assert str(refused.value).endswith(
+            "is not a location this runtime's jobs may use (allowed for alice: "
+            f"{home}/alice, s3://jobs/alice, webdav://dav:8080/share/alice)"
+        ), uri
+        assert "pw" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("caller", "why"),
+    [
+        (JobCaller.from_header("alice", trusted=False), "cannot tell who calls"),
+        (JobCaller.from_header(None, trusted=True), "the call names no user"),
+        (None, "the call names no user"),
+        (JobCaller.from_header("../bob", trusted=True), "'../bob' cannot name a folder"),
+    ],
+)
+def test_user_entries_allow_nothing_without_a_trusted_user_name(
+    caller: JobCaller | None, why: str
+) -> None:
+    """Without a name the runtime can trust, ``{user}`` entries allow nothing (and the
+    refusal says why), while the other entries still apply."""
+    roots = ["/srv/home/{user}", "/srv/shared"]
+    check_allowed("/srv/shared/in", roots, caller)
+    for uri in ("/srv/home/alice", "/srv/home/bob", "/srv/home/{user}", "/srv/bob"):
+        with pytest.raises(LocationError) as refused:
+            check_allowed(uri, roots, caller)
+        message = str(refused.value)
+        assert "this runtime's jobs may use (allowed: /srv/shared); /srv/home/{user}" in message
+        assert why in message
+    with pytest.raises(LocationError, match=r"no location is allowed for this call.*" + why):
+        check_allowed("/srv/home/alice", ["/srv/home/{user}"], caller)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["alice", "Bob42", "alice@example.org", "a.b-c+d_e", "7", "x" * 128],
+)
+def test_plain_user_names_fill_user_entries(name: str) -> None:
+    assert JobCaller.from_header(name, trusted=True) == JobCaller(name)
+    check_allowed(f"/srv/home/{name}/in", ["/srv/home/{user}"], JobCaller(name))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        ".",
+        "..",
+        "../bob",
+        "a/b",
+        "a..b",
+        ".hidden",
+        "-rf",
+        "a\x00b",
+        "a%2fb",
+        "a b",
+        "a?b",
+        "a#b",
+        "a\\b",
+        "jos\u00e9",
+        "x" * 129,
+    ],
+)
+def test_other_user_names_are_refused_not_escaped(name: str) -> None:
+    """Names that could leave their folder, or need escaping, get nothing from ``{user}``."""
+    caller = JobCaller.from_header(name, trusted=True)
+    assert caller.name is None
+    assert "cannot name a folder" in caller.unknown
+
+
+@pytest.mark.parametrize(
+    ("entry", "ok"),
+    [
+        ("/home/{user}", True),
+        ("/data/{user}/jobs", True),
+        ("file:///home/{user}", True),
+        ("s3://jobs/{user}", True),
+        ("webdav://u:pw@dav:8080/home/{user}", True),
+        ("s3://{user}/in", False),
+        ("s3://jobs-{user}/in", False),
+        ("webdav://{user}.dav.example/in", False),
+        ("webdav://{user}:pw@dav/in", False),
+    ],
+)
+def test_user_may_only_stand_in_the_path_of_an_entry(entry: str, ok: bool) -> None:
+    """In a host or bucket, a user named ``x@other`` would pick the host ``other``."""
+    if ok:
+        check_allowed_entry(entry)
+        RuntimeSettings(job_locations=[entry])
+        return
+    with pytest.raises(LocationError, match="may only stand in the path") as refused:
+        check_allowed_entry(entry)
+    assert "pw" not in str(refused.value)
+    with pytest.raises(ValidationError, match="may only stand in the path"):
+        RuntimeSettings(job_locations=[entry])
+    with pytest.raises(LocationError, match="may only stand in the path"):
+        check_allowed("s3://jobs/in", [entry], JobCaller("alice"))
+
+
+def test_confined_local_locations_never_follow_a_link_out_of_them(tmp_path: Path) -> None:
+    """Confinement holds inside the folder too: a symbolic link in alice's input or output
+    that leads to bob's folder, made before or after the job was checked, fails its item;
+    links that stay inside work, and unconfined jobs follow every link."""
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    write_tree(alice / "in", {"own.npy": b"alice's"})
+    write_tree(bob, {"secret.npy": b"bob's"})
+    (alice / "in" / "stolen.npy").symlink_to(bob / "secret.npy")
+    (alice / "in" / "alias.npy").symlink_to(alice / "in" / "own.npy")
+    source = open_location(str(alice / "in"), confine_links=True)
+    assert source.list_files() == ["alias.npy", "own.npy", "stolen.npy"]
+    source.fetch("alias.npy", tmp_path / "alias.npy")
+    assert (tmp_path / "alias.npy").read_bytes() == b"alice's"
+    with pytest.raises(LocationError, match=r"stolen\.npy in .* is a symbolic link out of it"):
+        source.fetch("stolen.npy", tmp_path / "stolen.npy")
+
+    (alice / "out").mkdir()
+    (alice / "out" / "escape").symlink_to(bob)
+    target = open_location(str(alice / "out"), confine_links=True)
+    write_tree(tmp_path / "results", {"r.txt": b"r"})
+    for prefix in ("escape", "escape/deeper"):
+        with pytest.raises(LocationError, match="leads out of it"):
+            target.commit(tmp_path / "results", prefix)
+    assert target.commit(tmp_path / "results", "fine") == ["fine/r.txt"]
+
+    swapped = open_location(
+        str(alice / "in"), confine_links=True
+    )  # checked, then the folder becomes a link
+    (alice / "in").rename(alice / "old")
+    (alice / "in").symlink_to(bob)
+    with pytest.raises(LocationError, match="symbolic link out of it"):
+        swapped.fetch("secret.npy", tmp_path / "secret.npy")
+    assert sorted(path.name for path in bob.iterdir()) == ["secret.npy"]
+
+    (alice / "loop").symlink_to(alice / "loop")
+    with pytest.raises(LocationError, match="symbolic link loop"):
+        open_location(str(alice / "loop"), confine_links=True)
+    unconfined = open_location(str(alice / "in"))
+    unconfined.fetch("secret.npy", tmp_path / "secret.npy")
+    assert (tmp_path / "secret.npy").read_bytes() == b"bob's"
