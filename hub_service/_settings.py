@@ -31,7 +31,7 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr, TypeAdapter, fie
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_runtime.paths import default_home
-from model_runtime.runtime import check_allowed_entry
+from model_runtime.runtime import JobLocations
 
 _COOKIE_KEY_CONTEXT = b"hubserve-cookie-secret-v1"
 
@@ -134,7 +134,7 @@ class HubServiceSettings(BaseSettings):
         None, description="SQLAlchemy URL of the metadata DB (default: SQLite in data_dir)."
     )
     backend: Literal["local", "kubernetes"] = "local"
-    job_locations: list[str] = Field(
+    job_locations: JobLocations = Field(
         default_factory=list,
         description="Folders and URI prefixes (/srv/jobs, s3://bucket/jobs, webdav://host/x) "
         "below which every batch job of every deployment must read and write; empty: any "
@@ -160,13 +160,6 @@ class HubServiceSettings(BaseSettings):
         description="Origin at which callers reach the hub (for deployment URLs in answers); "
         "defaults to hub_host.",
     )
-
-    @field_validator("job_locations")
-    @classmethod
-    def _user_only_in_paths(cls, value: list[str]) -> list[str]:
-        for entry in value:
-            check_allowed_entry(entry)
-        return value
 
     @field_validator("base_url", "hub_base_url")
     @classmethod

@@ -6,17 +6,17 @@ it in-process); :func:`serve` is what ``hubserve serve`` runs. See :mod:`._app` 
 """
 
 from ._app import create_app
-from ._locations import check_allowed_entry
+from ._locations import JobLocations
 from ._runtime import Runtime
 from ._server import build_app, load_service, serve
 from ._settings import BatchingOverride, RuntimeSettings
 
 __all__ = [
     "BatchingOverride",
+    "JobLocations",
     "Runtime",
     "RuntimeSettings",
     "build_app",
-    "check_allowed_entry",
     "create_app",
     "load_service",
     "serve",

@@ -58,12 +58,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 from urllib.parse import SplitResult, unquote, urlsplit
 
 import httpx
 import urllib3
 from minio.error import MinioException, S3Error
+from pydantic import AfterValidator
 from webdav4.client import (
     BadGatewayError,
     ClientError,
@@ -90,6 +91,7 @@ from ..s3 import (
 __all__ = [
     "USER_PLACEHOLDER",
     "JobCaller",
+    "JobLocations",
     "Location",
     "LocationError",
     "LocationUnavailableError",
@@ -207,6 +209,16 @@ def check_allowed_entry(entry: str) -> None:
             f"{_without_userinfo(entry)}: {USER_PLACEHOLDER} may only stand in the path "
             "of a job location, not in its scheme, host or bucket"
         )
+
+
+def _check_allowed_entries(entries: list[str]) -> list[str]:
+    for entry in entries:
+        check_allowed_entry(entry)
+    return entries
+
+
+JobLocations = Annotated[list[str], AfterValidator(_check_allowed_entries)]
+"""A settings field of allowed job locations, each checked by :func:`check_allowed_entry`."""
 
 
 def check_allowed(uri: str, allowed: Sequence[str], caller: JobCaller | None = None) -> None:

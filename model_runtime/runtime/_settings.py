@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ._locations import check_allowed_entry
+from ._locations import JobLocations
 
 
 class BatchingOverride(BaseModel):
@@ -47,19 +47,12 @@ class RuntimeSettings(BaseSettings):
     #: and write, below which every job location must lie; empty: any location. ``{user}``
     #: in a path (``/home/{user}``, ``s3://jobs/{user}``) is the calling hub user's name, and
     #: only counts with ``api_token`` set (see :mod:`model_runtime.runtime._locations`).
-    job_locations: list[str] = Field(default_factory=list)
+    job_locations: JobLocations = Field(default_factory=list)
     graceful_timeout: float = 30.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     access_log: bool = False
     cache_dir: Path | None = None
-
-    @field_validator("job_locations")
-    @classmethod
-    def _user_only_in_paths(cls, value: list[str]) -> list[str]:
-        for entry in value:
-            check_allowed_entry(entry)
-        return value
 
     def torch_threads(self) -> int:
         if self.threads is not None:
