@@ -1,4 +1,4 @@
-"""Hub identities for every request: tokens and cookies in, a :class:`HubUser` out.
+r"""Hub identities for every request: tokens and cookies in, a :class:`HubUser` out.
 
 Concepts:
 
@@ -30,7 +30,10 @@ Concepts:
   revoked or under-scoped token, 503 when the hub cannot be asked. Error bodies are fixed
   strings: they never contain the token.
 
-:func:`require_user` is the FastAPI dependency that ties these together.
+:func:`require_user` is the FastAPI dependency that ties these together. FastAPI reads and
+validates a request's body before it runs dependencies, so routes that take a body are
+:class:`AuthenticatedRoute`\ s: they authenticate first, and a caller without valid
+credentials gets 401/403, never a 400/422 about a body it had no right to send.
 """
 
 from __future__ import annotations
@@ -40,11 +43,12 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Generic, TypeVar
 
 import httpx
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, ValidationError
 
 from ._cookies import SessionCookies
@@ -359,6 +363,9 @@ def _is_browser(request: Request) -> bool:
 
 async def require_user(request: Request) -> HubUser:
     """FastAPI dependency: the authenticated, authorized hub user of this request."""
+    known = getattr(request.state, "hub_user", None)
+    if isinstance(known, HubUser):  # already authenticated (by AuthenticatedRoute)
+        return known
     authenticator = get_authenticator(request)
     header = request.headers.get("authorization")
     from_cookie = False
@@ -390,3 +397,16 @@ async def require_user(request: Request) -> HubUser:
         raise HTTPException(403, f"token lacks the scope {authenticator.required_scope}")
     request.state.hub_user = user
     return user
+
+
+class AuthenticatedRoute(APIRoute):
+    """A route that authenticates (:func:`require_user`) before its body is read."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def authenticated(request: Request) -> Response:
+            await require_user(request)
+            return await handler(request)
+
+        return authenticated

@@ -38,7 +38,7 @@ from ._responses import AUTH_ERRORS, error_responses
 from ._state import Route, ServiceState, get_state
 from ._store_calls import store_call
 from .access import Grants, can_call, owner_for, require_manage
-from .auth import HubUser, require_user
+from .auth import AuthenticatedRoute, HubUser, require_user
 from .backends import DeploymentSpec, DeploymentStatus, LogChunk
 from .db import Deployment, Revision, utcnow
 
@@ -46,6 +46,7 @@ router = APIRouter(
     prefix="/api/deployments",
     tags=["deployments"],
     responses=error_responses(*AUTH_ERRORS, 422),
+    route_class=AuthenticatedRoute,
 )
 
 User = Annotated[HubUser, Depends(require_user)]

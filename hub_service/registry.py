@@ -76,7 +76,7 @@ from ._responses import AUTH_ERRORS, error_responses
 from ._state import ServiceState, get_state
 from ._store_calls import store_call
 from .access import owner_for, require_manage
-from .auth import HubUser, require_user
+from .auth import AuthenticatedRoute, HubUser, require_user
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -142,6 +142,7 @@ router = APIRouter(
     prefix="/api/models",
     tags=["models"],
     responses=error_responses(*AUTH_ERRORS, 422),
+    route_class=AuthenticatedRoute,
 )
 
 

@@ -277,6 +277,32 @@ def test_static_token_dev_mode(tmp_path: Path) -> None:
         assert client.get("/services/hubserve/login").status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "api/deployments"),
+        ("PATCH", "api/deployments/dev/x"),
+        ("PUT", "api/models/dev/x/tags/t"),
+    ],
+)
+def test_credentials_are_checked_before_the_body(tmp_path: Path, method: str, path: str) -> None:
+    """A caller without valid credentials learns nothing about the body it sent."""
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({TOKEN: {"name": "dev"}}))
+    app = create_app(HubServiceSettings(static_token_file=tokens, data_dir=tmp_path / "data"))
+    url = f"/services/hubserve/{path}"
+    broken = {"content": b"{not json", "headers": {"Content-Type": "application/json"}}
+    with TestClient(app) as client:
+        assert client.request(method, url, **broken).status_code == 401
+        bad = {"Authorization": f"token {'e' * 32}", **broken["headers"]}
+        assert (
+            client.request(method, url, content=broken["content"], headers=bad).status_code == 403
+        )
+        good = {"Authorization": f"token {TOKEN}", **broken["headers"]}
+        answer = client.request(method, url, content=broken["content"], headers=good)
+        assert answer.status_code in (400, 422), answer.text
+
+
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JUPYTERHUB_SERVICE_NAME", "models")
     monkeypatch.setenv("JUPYTERHUB_SERVICE_URL", "http://10.0.0.5:9000")
