@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,19 @@ def backend_for(fake: FakeKubernetes, tmp_path: Path, **changes: Any) -> Kuberne
     return KubernetesBackend(k8s_settings(fake, tmp_path, **changes), "s3://models/prefix")
 
 
+@contextlib.asynccontextmanager
+async def started_backend(
+    fake: FakeKubernetes, tmp_path: Path, **changes: Any
+) -> AsyncIterator[KubernetesBackend]:
+    """A backend started with no deployments, closed on exit."""
+    backend = backend_for(fake, tmp_path, **changes)
+    await backend.start([])
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
 async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -144,9 +158,7 @@ def pod_versions(fake: FakeKubernetes, name: str = OBJ) -> list[str]:
 
 def test_create_applies_labelled_objects(fake: FakeKubernetes, tmp_path: Path) -> None:
     async def scenario() -> None:
-        backend = backend_for(fake, tmp_path)
-        await backend.start([])
-        try:
+        async with started_backend(fake, tmp_path) as backend:
             await backend.apply(spec())
             found = objects(fake)
             assert set(found) == {"deployments", "services", "secrets"}
@@ -182,8 +194,6 @@ def test_create_applies_labelled_objects(fake: FakeKubernetes, tmp_path: Path) -
             assert status.phase == "progressing"
             assert status.desired == 1
             assert backend.choose("alice", "iris") is None
-        finally:
-            await backend.aclose()
 
     run(scenario)
 
@@ -192,9 +202,7 @@ def test_rollout_makes_it_ready_and_choose_returns_the_service(
     fake: FakeKubernetes, tmp_path: Path
 ) -> None:
     async def scenario() -> None:
-        backend = backend_for(fake, tmp_path)
-        await backend.start([])
-        try:
+        async with started_backend(fake, tmp_path) as backend:
             await backend.apply(spec(replicas=2))
             fake.rollout(NS, OBJ)
             status = await status_until(backend, lambda s: s.phase == "ready")
@@ -213,17 +221,13 @@ def test_rollout_makes_it_ready_and_choose_returns_the_service(
             endpoint.release()
             assert endpoint.in_flight == 1
             assert backend.choose("alice", "other") is None
-        finally:
-            await backend.aclose()
 
     run(scenario)
 
 
 def test_scale_patches_the_replicas_only(fake: FakeKubernetes, tmp_path: Path) -> None:
     async def scenario() -> None:
-        backend = backend_for(fake, tmp_path)
-        await backend.start([])
-        try:
+        async with started_backend(fake, tmp_path) as backend:
             await backend.apply(spec())
             fake.rollout(NS, OBJ)
             await status_until(backend, lambda s: s.phase == "ready")
@@ -248,17 +252,13 @@ def test_scale_patches_the_replicas_only(fake: FakeKubernetes, tmp_path: Path) -
             status = await status_until(backend, lambda s: s.phase == "stopped")
             assert (status.desired, status.ready) == (0, 0)
             assert backend.choose("alice", "iris") is None
-        finally:
-            await backend.aclose()
 
     run(scenario)
 
 
 def test_roll_to_a_new_version_and_back(fake: FakeKubernetes, tmp_path: Path) -> None:
     async def scenario() -> None:
-        backend = backend_for(fake, tmp_path)
-        await backend.start([])
-        try:
+        async with started_backend(fake, tmp_path) as backend:
             await backend.apply(spec(replicas=2))
             fake.rollout(NS, OBJ)
             await status_until(backend, lambda s: s.phase == "ready")
@@ -293,8 +293,6 @@ def test_roll_to_a_new_version_and_back(fake: FakeKubernetes, tmp_path: Path) ->
             status = await status_until(backend, lambda s: s.phase == "ready")
             assert {(r.version, r.generation) for r in status.replicas} == {(V1, 3)}
             assert pod_versions(fake) == [V1, V1]
-        finally:
-            await backend.aclose()
 
     run(scenario)
 
@@ -304,9 +302,7 @@ def test_roll_to_a_new_version_and_back(fake: FakeKubernetes, tmp_path: Path) ->
 
 def test_logs_and_crash_loops(fake: FakeKubernetes, tmp_path: Path) -> None:
     async def scenario() -> None:
-        backend = backend_for(fake, tmp_path)
-        await backend.start([])
-        try:
+        async with started_backend(fake, tmp_path) as backend:
             assert await backend.logs("alice", "iris", 10) == []
             await backend.apply(spec(replicas=2))
             pods = fake.rollout(NS, OBJ)
@@ -333,19 +329,15 @@ def test_logs_and_crash_loops(fake: FakeKubernetes, tmp_path: Path) -> None:
             assert backend.choose("alice", "iris") is None
             chunks = await backend.logs("alice", "iris", 50)
             assert all("RuntimeError: model refuses" in c.lines for c in chunks)
-        finally:
-            await backend.aclose()
 
     run(scenario)
 
 
 def test_remove_deletes_every_object(fake: FakeKubernetes, tmp_path: Path) -> None:
     async def scenario() -> None:
-        backend = backend_for(
+        async with started_backend(
             fake, tmp_path, ingress_host="{name}-{owner}.models.example.org", autoscale_max=3
-        )
-        await backend.start([])
-        try:
+        ) as backend:
             await backend.apply(spec())
             await backend.apply(spec(name="other"))
             fake.rollout(NS, OBJ)
@@ -357,8 +349,6 @@ def test_remove_deletes_every_object(fake: FakeKubernetes, tmp_path: Path) -> No
             assert backend.status("alice", "iris").phase == "stopped"
             assert backend.choose("alice", "iris") is None
             await backend.remove("alice", "iris")  # again: nothing left, no error
-        finally:
-            await backend.aclose()
 
     run(scenario)
 
@@ -413,9 +403,7 @@ def test_a_deployment_deleted_behind_its_back_comes_back(
     fake: FakeKubernetes, tmp_path: Path
 ) -> None:
     async def scenario() -> None:
-        backend = backend_for(fake, tmp_path)
-        await backend.start([])
-        try:
+        async with started_backend(fake, tmp_path) as backend:
             await backend.apply(spec())
             fake.rollout(NS, OBJ)
             await status_until(backend, lambda s: s.phase == "ready")
@@ -425,8 +413,6 @@ def test_a_deployment_deleted_behind_its_back_comes_back(
             await until(lambda: fake.get("deployments", NS, OBJ) is not None)
             fake.rollout(NS, OBJ)
             await status_until(backend, lambda s: s.phase == "ready")
-        finally:
-            await backend.aclose()
 
     run(scenario)
 
@@ -436,16 +422,14 @@ def test_a_deployment_deleted_behind_its_back_comes_back(
 
 def test_ingress_with_tls_and_autoscaler(fake: FakeKubernetes, tmp_path: Path) -> None:
     async def scenario() -> None:
-        backend = backend_for(
+        async with started_backend(
             fake,
             tmp_path,
             ingress_host="{name}-{owner}.models.example.org",
             tls_issuer="letsencrypt",
             autoscale_max=5,
             autoscale_cpu=70,
-        )
-        await backend.start([])
-        try:
+        ) as backend:
             await backend.apply(spec(replicas=2))
             found = objects(fake)
             ingress = found["ingresses"]
@@ -468,8 +452,6 @@ def test_ingress_with_tls_and_autoscaler(fake: FakeKubernetes, tmp_path: Path) -
             deployment = fake.get("deployments", NS, OBJ)
             assert deployment is not None
             assert deployment["spec"]["replicas"] == 1  # an autoscaler does not start from 0
-        finally:
-            await backend.aclose()
 
     run(scenario)
 
@@ -484,9 +466,7 @@ QUOTA = (
 
 def test_quota_on_create_fails_then_retries(fake: FakeKubernetes, tmp_path: Path) -> None:
     async def scenario() -> None:
-        backend = backend_for(fake, tmp_path, backoff_max=0.3)
-        await backend.start([])
-        try:
+        async with started_backend(fake, tmp_path, backoff_max=0.3) as backend:
             fake.fail_next("create", "deployments", 403, QUOTA, times=2)
             await backend.apply(spec())  # no exception: the status says it
             status = backend.status("alice", "iris")
@@ -508,17 +488,13 @@ def test_quota_on_create_fails_then_retries(fake: FakeKubernetes, tmp_path: Path
             assert [r.status for r in creates] == [403, 403, 201]
             fake.rollout(NS, OBJ)
             await status_until(backend, lambda s: s.phase == "ready")
-        finally:
-            await backend.aclose()
 
     run(scenario)
 
 
 def test_invalid_and_conflicting_writes(fake: FakeKubernetes, tmp_path: Path) -> None:
     async def scenario() -> None:
-        backend = backend_for(fake, tmp_path, backoff_max=0.2)
-        await backend.start([])
-        try:
+        async with started_backend(fake, tmp_path, backoff_max=0.2) as backend:
             await backend.apply(spec(replicas=2))
             fake.rollout(NS, OBJ)
             await status_until(backend, lambda s: s.phase == "ready")
@@ -549,17 +525,13 @@ def test_invalid_and_conflicting_writes(fake: FakeKubernetes, tmp_path: Path) ->
             service = fake.get("services", NS, OBJ)
             assert service is not None
             assert service["spec"]["ports"][0]["port"] == 80
-        finally:
-            await backend.aclose()
 
     run(scenario)
 
 
 def test_image_pull_errors_surface(fake: FakeKubernetes, tmp_path: Path) -> None:
     async def scenario() -> None:
-        backend = backend_for(fake, tmp_path)
-        await backend.start([])
-        try:
+        async with started_backend(fake, tmp_path) as backend:
             await backend.apply(spec())
             fake.image_pull_error(NS, OBJ)
             status = await status_until(backend, lambda s: s.phase == "failed")
@@ -580,17 +552,13 @@ def test_image_pull_errors_surface(fake: FakeKubernetes, tmp_path: Path) -> None
             await status_until(
                 backend, lambda s: s.message is not None and "ErrImagePull" in s.message
             )
-        finally:
-            await backend.aclose()
 
     run(scenario)
 
 
 def test_api_server_unreachable(fake: FakeKubernetes, tmp_path: Path) -> None:
     async def scenario() -> None:
-        backend = backend_for(fake, tmp_path)
-        await backend.start([])
-        try:
+        async with started_backend(fake, tmp_path) as backend:
             await backend.apply(spec())
             fake.rollout(NS, OBJ)
             await status_until(backend, lambda s: s.phase == "ready")
@@ -612,8 +580,6 @@ def test_api_server_unreachable(fake: FakeKubernetes, tmp_path: Path) -> None:
             chunks = await backend.logs("alice", "iris", 10)
             assert "cannot reach the Kubernetes API" in chunks[0].lines[0]
             await backend.remove("alice", "new")  # left to the sweep, no exception
-        finally:
-            await backend.aclose()
 
     run(scenario)
 
