@@ -62,8 +62,10 @@ from _common import (
     REPO,
     RESULTS_DIR,
     cores_busy_seconds,
+    cpu_model,
     cpu_seconds,
     free_port,
+    git_commit,
     kill_group,
     popen_waiter,
 )
@@ -319,20 +321,8 @@ def prepare(work: Path, images: int, size: int) -> tuple[Path, Path]:
 def _meta(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    cpu = cpu_model()
+    commit = git_commit()
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu,

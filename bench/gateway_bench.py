@@ -1001,14 +1001,7 @@ def _version(package: str) -> str | None:
 
 
 def _meta(args: argparse.Namespace) -> dict[str, Any]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = common.cpu_model()
     versions = {
         name: _version(name)
         for name in ("jupyterhub", "fastapi", "starlette", "uvicorn", "httpx", "httpcore", "torch")
@@ -1023,9 +1016,7 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
     versions["h2load"] = subprocess.run(
         ["h2load", "--version"], capture_output=True, text=True
     ).stdout.strip()
-    commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    commit = common.git_commit()
     # httpcore imports sniffio on every request when it can; without it each attempt is a
     # failed import (a sys.path search): it changes the gateway's cost, so record it.
     sniffio = subprocess.run([sys.executable, "-c", "import sniffio"], env=base_env()).returncode

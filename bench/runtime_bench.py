@@ -68,9 +68,11 @@ from _common import (
     RESULTS_DIR,
     LoadResult,
     cores_busy_seconds,
+    cpu_model,
     cpu_seconds,
     fmt,
     free_port,
+    git_commit,
     json_safe,
     kill_group,
     parse_h2load,
@@ -862,18 +864,9 @@ def report(results: dict[str, Any]) -> str:
 def _meta(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     h2load = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
-    commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit()
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu,
