@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,10 @@ import httpx
 import nbformat
 import pytest
 from astropy.io import fits
-from nbclient import NotebookClient
 
 from tests.live_hub import REPO, Hub
 
-from .test_notebook_e2e import cell, result, stream
+from .test_notebook_e2e import as_notebook_user, cell, result, run_notebook, stream
 
 EXAMPLE = REPO / "examples" / "astro"
 NOTEBOOK = EXAMPLE / "astro.ipynb"
@@ -38,19 +36,6 @@ N_IMAGES = 12  # the notebook's default
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 pytestmark = pytest.mark.slow
-
-
-def _run(path: Path, workdir: Path) -> tuple[Any, float]:
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb,
-        timeout=300,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(workdir)}},
-    )
-    started = time.monotonic()
-    client.execute()
-    return nb, time.monotonic() - started
 
 
 def test_committed_without_outputs() -> None:
@@ -68,19 +53,13 @@ def test_committed_without_outputs() -> None:
 
 @pytest.mark.timeout(300)
 def test_astro_notebook(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    user = hub.create_user("astro")
-    token, _ = hub.create_token(user)
-    # The kernel inherits this process's environment, as a single-user server's kernels do.
-    monkeypatch.setenv("HUBSERVE_URL", hub.service_url + "/")
-    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", token)
+    user, token = as_notebook_user(hub, monkeypatch, "astro")
     monkeypatch.setenv("ASTRO_EXAMPLE_DIR", str(EXAMPLE))
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    )
-    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
     monkeypatch.setenv("MPLBACKEND", "agg")  # matplotlib, where installed, draws PNGs only
 
-    nb, seconds = _run(NOTEBOOK, tmp_path)
+    started = time.monotonic()
+    nb = run_notebook(NOTEBOOK, tmp_path)
+    seconds = time.monotonic() - started
     work = tmp_path / "astro-work"
     key = f"{user}/astro-demo"
     print(f"astro notebook ran in {seconds:.1f} s")

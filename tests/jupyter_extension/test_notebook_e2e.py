@@ -36,6 +36,20 @@ def run_notebook(path: Path, workdir: Path) -> Any:
     return nb
 
 
+def as_notebook_user(hub: Hub, monkeypatch: pytest.MonkeyPatch, prefix: str) -> tuple[str, str]:
+    """A new hub user whose token and hubserve URL the notebook's kernel inherits from this
+    process's environment, as a single-user server's kernels do: (user, token)."""
+    user = hub.create_user(prefix)
+    token, _ = hub.create_token(user)
+    monkeypatch.setenv("HUBSERVE_URL", hub.service_url + "/")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", token)
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    )
+    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    return user, token
+
+
 def cell(nb: Any, tag: str) -> Any:
     found = [c for c in nb.cells if tag in c.get("metadata", {}).get("tags", [])]
     assert len(found) == 1, tag
@@ -58,16 +72,7 @@ def result(c: Any, mime: str) -> str:
 
 @pytest.mark.timeout(600)
 def test_deploy_flow_notebook(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    user = hub.create_user("nbe2e")
-    token, _ = hub.create_token(user)
-    # The kernel inherits this process's environment, as a single-user server's kernels do.
-    monkeypatch.setenv("HUBSERVE_URL", hub.service_url + "/")
-    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", token)
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    )
-    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
-
+    user, token = as_notebook_user(hub, monkeypatch, "nbe2e")
     nb = run_notebook(NOTEBOOK, tmp_path)
     key = f"{user}/nbflow"
 
