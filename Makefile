@@ -92,18 +92,19 @@ test-lab: $(STAMP) labextension
 	$(PY) -m pytest tests/labextension -p no:cacheprovider
 
 # Load on the whole stack (bench/soak.py): JupyterHub + proxy + hubserve + 2 iris replicas,
-# 64 clients through the proxy for SOAK_SECONDS, then beyond the queue and rate limits. Fails
-# on any error, a growing p99 or a growing RSS. `make soak` writes its results to
-# bench/results/; `make soak-ci` (in `make test`) is the 2-minute version, results in
-# $(SOAK_CI_OUT).
+# 64 clients through the proxy for SOAK_SECONDS, then beyond the queue and rate limits.
+# `make soak` (by hand, on a quiet machine: results in bench/results/) fails on any error, a
+# crash, a growing RSS, a growing p99 or growing CPU per request. `make soak-ci` (in
+# `make test`, results in $(SOAK_CI_OUT)) is the 2-minute version; it fails on the
+# correctness rules only and reports the timing ones, which fail at random on shared VMs.
 SOAK_SECONDS ?= 600
 SOAK_CI_OUT  ?= .hubserve/soak-ci
 
 soak: $(STAMP) $(CHP)
-	$(PY) bench/soak.py --seconds $(SOAK_SECONDS)
+	$(PY) bench/soak.py --seconds $(SOAK_SECONDS) --timing gate
 
 soak-ci: $(STAMP) $(CHP)
-	HUBSERVE_BENCH_OUT=$(SOAK_CI_OUT) $(PY) bench/soak.py --seconds 120
+	HUBSERVE_BENCH_OUT=$(SOAK_CI_OUT) $(PY) bench/soak.py --seconds 120 --timing report
 
 clean:
 	rm -rf $(VENV) .hubserve build *.egg-info .pytest_cache .mypy_cache .ruff_cache \

@@ -23,19 +23,30 @@ shape). Per window (``--window``, 10 s): requests, errors (an unexpected status,
 answer, a connection error or a timeout), p50/p99 latency; every 5 s the RSS of every process
 of the stack (hub, proxy, service, zygote, each replica) from ``/proc``.
 
-Criteria (the script exits 1 and says why when one fails):
+Criteria. The script exits 1 and says why when a **correctness** rule fails; these hold on any
+machine, however slow or busy, and are what ``make soak-ci`` (in ``make test``, so in CI) gates:
 
-* **0 errors** in the whole soak, warm-up included.
-* **p99 stable**: after a warm-up (the first sixth of the run, at least 10 s), the median of
-  the windows' p99s in the last third <= 1.5 x the same in the first third + 10 ms. A latency
-  that grows over the run fails; one noisy window (another process took the cores for a few
-  seconds) does not, and the constant keeps a sub-10 ms p99 from failing on scheduler noise.
-* **work per request stable**: the CPU time the whole stack spends per request (all its
-  processes, from ``/proc``), median of the windows, in the last third <= 1.3 x the first
-  third. Unlike latency, it hardly moves when other processes take the cores, and it is what
-  grows when a table, a queue or a cache grows with every call.
+* **0 errors** in the whole soak, warm-up included (an unexpected status, a wrong answer, a
+  connection error or a timeout; the unknown API's 404s are expected).
+* **no crash**: every process of the stack alive at the end, with the same replica pids (no
+  replica restarted), and no Python traceback in any log.
 * **RSS flat**: for every process, the median of its last 3 samples <= 1.10 x the median of
   its first 3 samples after the warm-up (a leak grows; shrinking is reported, not failed).
+
+The **timing** rules compare latency and CPU inside one short run. On a quiet machine they
+catch what grows with every call (a table, a queue, a cache); on a shared VM, whose speed
+drifts by tens of percent within minutes, they fail at random. So they gate only with
+``--timing gate`` (the default, and ``make soak``: run it on a quiet machine); with
+``--timing report`` (``make soak-ci``) they are measured, printed and written to the results,
+and never fail the run:
+
+* **p99 stable**: after a warm-up (the first sixth of the run, at least 10 s), the median of
+  the windows' p99s in the last third <= 1.5 x the same in the first third + 10 ms. One noisy
+  window (another process took the cores for a few seconds) does not fail it, and the
+  constant keeps a sub-10 ms p99 from failing on scheduler noise.
+* **work per request stable**: the CPU time the whole stack spends per request (all its
+  processes, from ``/proc``), median of the windows, in the last third <= 1.3 x the first
+  third.
 
 **Overload** (``--overload-seconds``, 15 s), on the same stack: a second deployment
 (``iris-overload``, 1 replica, batching overridden to wait up to 50 ms for batches of up to
@@ -45,13 +56,15 @@ one more user floods the soak deployment with small requests from ``--clients`` 
 its rate limit: 429 with ``Retry-After``. Criteria: only 200, 503 and 429 answers (the last two
 with ``Retry-After``), at least one 503 and one 429 (the limits did engage), every process of
 the stack still alive with the same replica pids, and then a clean window
-(``--recovery-seconds``, 10 s, the soak's traffic) with 0 errors.
+(``--recovery-seconds``, 10 s, the soak's traffic) with 0 errors. All of them are
+correctness rules, gated in both modes.
 
 Results: a JSON file with everything and a Markdown summary, ``soak_<date>.json`` / ``.md``
 in ``bench/results/`` (or ``$HUBSERVE_BENCH_OUT``). Usage (see ``bench/README.md``)::
 
-    make soak                                   # 10 minutes
+    make soak                                   # 10 minutes, timing rules gate
     make soak-ci                                # 2 minutes + overload, as CI runs it
+                                                # (timing rules reported, not gated)
     .venv/bin/python bench/soak.py --seconds 60 --clients 32
 """
 
@@ -425,9 +438,11 @@ def cpu_per_request(recorder: Recorder, samples: Samples) -> list[float]:
 
 def judge_soak(
     recorder: Recorder, samples: Samples, seconds: float
-) -> tuple[dict[str, Any], list[str]]:
-    """The soak's figures and the criteria it failed (empty: passed)."""
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The soak's figures, the correctness rules it broke and the timing rules it broke
+    (both empty: passed). Whether a broken timing rule fails the run is the caller's call."""
     failures = []
+    timing = []
     errors = recorder.total("errors")
     if errors:
         failures.append(f"{errors} errors, e.g. {recorder.error_samples[:5]}")
@@ -440,7 +455,7 @@ def judge_soak(
     p99_last = statistics.median(p99s[-third:])
     p99_limit = P99_FACTOR * p99_first + P99_SLACK_MS
     if not p99_last <= p99_limit:
-        failures.append(
+        timing.append(
             f"p99 grew: {p99_last:.1f} ms (median of the windows) in the last third >"
             f" {p99_limit:.1f} ms"
             f" ({P99_FACTOR} x {p99_first:.1f} ms of the first third + {P99_SLACK_MS:g} ms)"
@@ -449,7 +464,7 @@ def judge_soak(
     cpu_first = statistics.median(cpu[first_window : first_window + third])
     cpu_last = statistics.median(cpu[-third:])
     if not cpu_last <= CPU_FACTOR * cpu_first:
-        failures.append(
+        timing.append(
             f"CPU per request grew: {cpu_last:.0f} µs (median of the windows) in the last third"
             f" > {CPU_FACTOR} x {cpu_first:.0f} µs in the first third"
         )
@@ -494,7 +509,23 @@ def judge_soak(
         "rss": memory,
         "error_samples": recorder.error_samples,
     }
-    return figures, failures
+    return figures, failures, timing
+
+
+def process_changes(before: dict[str, int], after: dict[str, int]) -> list[str]:
+    """Processes of ``before`` that died, and replicas that were replaced, by ``after``."""
+    failures = []
+    dead = sorted(label for label, pid in before.items() if not common.is_alive(pid))
+    if dead:
+        failures.append(f"processes died: {', '.join(dead)}")
+    changed = sorted(
+        label
+        for label in set(before) | set(after)
+        if label.startswith("replica") and before.get(label) != after.get(label)
+    )
+    if changed:
+        failures.append(f"replicas were replaced: {changed} ({before} -> {after})")
+    return failures
 
 
 def judge_overload(
@@ -511,16 +542,7 @@ def judge_overload(
         failures.append("the runtime's queue never overflowed (no 503): the test proves nothing")
     if not statuses["flood 429"]:
         failures.append("the gateway's rate limit never answered 429: the test proves nothing")
-    dead = sorted(label for label, pid in before.items() if not common.is_alive(pid))
-    if dead:
-        failures.append(f"processes died: {', '.join(dead)}")
-    changed = sorted(
-        label
-        for label in set(before) | set(after)
-        if label.startswith("replica") and before.get(label) != after.get(label)
-    )
-    if changed:
-        failures.append(f"replicas were replaced: {changed} ({before} -> {after})")
+    failures += process_changes(before, after)
     figures = {
         "requests": recorder.total("requests"),
         "statuses": dict(sorted(statuses.items())),
@@ -539,12 +561,26 @@ def _fmt(value: float) -> str:
     return "-" if value != value else f"{value:,.1f}"
 
 
+def _timing_line(results: dict[str, Any]) -> str:
+    """What became of the timing rules: they gate only on a quiet machine (``--timing gate``)."""
+    findings = results.get("timing_findings", [])
+    if results["args"]["timing"] == "gate":
+        mode = "Timing rules (p99, CPU per request) gated: they assume a quiet machine."
+    else:
+        mode = "Timing rules (p99, CPU per request) reported, not gated (`--timing report`)."
+    if not findings:
+        return f"{mode} None broken."
+    return f"{mode} Broken: " + "; ".join(findings) + "."
+
+
 def markdown(results: dict[str, Any]) -> str:
     soak = results["soak"]
     lines = [
         f"# Soak {results['started']} ({results['meta']['cpus']} CPUs)",
         "",
         f"**{results['verdict']}**" + "".join(f"\n- {failure}" for failure in results["failures"]),
+        "",
+        _timing_line(results),
         "",
         f"Soak: {results['args']['clients']} clients of {results['args']['users']} users,"
         f" {results['args']['seconds']:g} s: {soak['requests']:,} requests"
@@ -626,6 +662,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recovery-seconds", type=float, default=10.0)
     parser.add_argument("--no-overload", action="store_true", help="the soak only")
     parser.add_argument("--keep-work", action="store_true", help="keep the hub's directory")
+    parser.add_argument(
+        "--timing",
+        choices=("gate", "report"),
+        default="gate",
+        help="gate: the p99 and CPU-per-request rules fail the run (they assume a quiet"
+        " machine); report: they are measured and printed, and only correctness rules fail it",
+    )
     args = parser.parse_args(argv)
     if args.seconds < 6 * args.window:
         parser.error(f"--seconds must be at least 6 windows ({6 * args.window:g} s)")
@@ -675,7 +718,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         print(f"soak: {args.clients} clients, {args.seconds:g} s; processes {before}", flush=True)
         cpu_before = {label: common.cpu_seconds(pid) for label, pid in before.items()}
         recorder, samples, cpu = _run(drive(soakers, args.seconds, args.window, processes))
-        figures, failures = judge_soak(recorder, samples, args.seconds)
+        figures, failures, timing = judge_soak(recorder, samples, args.seconds)
+        failures += process_changes(before, processes())
         figures["windows"] = window_rows(recorder, figures["cpu_us_per_request_windows"])
         figures["cpu_pct"] = {
             label: 100 * (common.cpu_seconds(pid) - cpu_before[label]) / args.seconds
@@ -685,9 +729,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         results["soak"] = figures
         results["generator_cpu_pct"] = 100 * cpu / args.seconds
         results["failures"] += failures
+        results["timing_findings"] = timing
+        if args.timing == "gate":
+            results["failures"] += timing
         print(
             f"soak: {figures['requests']:,} requests, {figures['errors']} errors,"
-            f" p99 {figures['p99_ms_first_third']:.1f} -> {figures['p99_ms_last_third']:.1f} ms",
+            f" p99 {figures['p99_ms_first_third']:.1f} -> {figures['p99_ms_last_third']:.1f} ms,"
+            f" CPU/request {figures['cpu_us_per_request_first_third']:.0f}"
+            f" -> {figures['cpu_us_per_request_last_third']:.0f} µs",
             flush=True,
         )
         if not args.no_overload:

@@ -44,6 +44,9 @@ SERVICE_SOURCE = Path(__file__).with_name("services") / "scaler.py"
 READY_TIMEOUT = 90
 CLIENTS = 8
 PER_CLIENT_RATE = 10
+ANSWER_GRACE = 2.0
+"""Seconds after a replica is seen ready in which a failed answer is still the outage's: a
+call refused just before can arrive late on a busy machine (an idle one needs milliseconds)."""
 
 
 @dataclass
@@ -270,7 +273,7 @@ def test_single_replica_outage_is_502_then_503(hub: Hub, owner: Owner) -> None:
 
         wait_for(hub, owner, back, "the replica restarted")
         ready_at = time.monotonic()
-        time.sleep(1)
+        time.sleep(ANSWER_GRACE + 1)  # calls after the grace: they must all succeed
     failed = [(at, s) for at, s, _ in load.outcomes if s != 200]
     outage = (max(at for at, _ in failed) - killed_at) if failed else 0.0
     codes = {s for _, s in failed}
@@ -280,8 +283,8 @@ def test_single_replica_outage_is_502_then_503(hub: Hub, owner: Owner) -> None:
         f" {len([s for _, s in failed if s == 503])} x 503"
     )
     assert codes <= {502, 503}
-    assert load.failures(since=ready_at + 0.5) == []
-    assert outage <= ready_at - killed_at + 0.5
+    assert load.failures(since=ready_at + ANSWER_GRACE) == []
+    assert outage <= ready_at - killed_at + ANSWER_GRACE
     retry_after = [t for s, t in load.failures() if s == 503]
     assert all("no ready replica" in t for t in retry_after)
     httpx.patch(url, json={"replicas": 2}, headers=owner.headers).raise_for_status()

@@ -287,7 +287,11 @@ def test_a_click_returns_at_once_while_the_deploy_goes_on(
     panel.deploy_button.click()
     elapsed = time.perf_counter() - started
 
-    assert elapsed < 0.2, f"the click took {elapsed:.3f} s"
+    print(f"the deploy click returned in {elapsed:.3f} s")
+    # A click that did the work would take the whole deploy (packaging, upload, replicas
+    # starting: many seconds); the bound only leaves a busy CI machine room. What shows the
+    # work goes on in the background are the checks below.
+    assert elapsed < 1.0, f"the click took {elapsed:.3f} s"
     assert panel.busy
     assert panel.deploy_button.disabled
     assert not panel.wait_idle(0)  # still packaging, uploading, deploying

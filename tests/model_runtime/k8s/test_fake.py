@@ -190,7 +190,9 @@ def test_watch_follows_a_rolling_update(fake: FakeKubernetes, api: client.ApiCli
 
     watcher = threading.Thread(target=watch_pods)
     watcher.start()
-    time.sleep(0.3)
+    # The watch must be open before the first rollout. Free: the test lasts the watch's 3 s
+    # anyway, and an idle machine opens it in a few hundredths of a second.
+    time.sleep(1.0)
     first = {p["metadata"]["name"] for p in fake.rollout(NS, "web")}
     apps.patch_namespaced_deployment(
         "web",
@@ -252,7 +254,7 @@ def test_crash_loop_image_pull_error_and_logs(fake: FakeKubernetes, api: client.
 
     reader = threading.Thread(target=follow)
     reader.start()
-    time.sleep(0.3)
+    time.sleep(1.0)  # the follow must have started before the pod goes, even on a busy machine
     fake.append_log(NS, name, "four", container="main")
     time.sleep(0.3)
     apps.delete_namespaced_deployment("web", NS)  # its pods go, the follow ends
