@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, TypeAdapter, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model_runtime.envs import EnvironmentManager, EnvironmentPolicy
 from model_runtime.paths import default_home
 from model_runtime.runtime import JobLocations
 
@@ -160,6 +161,52 @@ class HubServiceSettings(BaseSettings):
         description="Origin at which callers reach the hub (for deployment URLs in answers); "
         "defaults to hub_host.",
     )
+    # Per-bundle environments (model_runtime.envs): the admin's policy for what replicas may
+    # install. Read from HUBSERVE_ENV_*; lists are JSON.
+    env_enabled: bool = Field(
+        True,
+        description="Build each bundle's own environment from its requirements; false: every "
+        "replica runs in the service's environment (what it lacks fails at import).",
+    )
+    env_root: Path | None = Field(
+        None, description="Where environments and the installer's cache live (data_dir/envs)."
+    )
+    env_index_url: str | None = Field(
+        None,
+        description="Package index for environments; unset: pip's configuration on this host "
+        "(index-url, extra-index-url, find-links, constraint), else PyPI.",
+    )
+    env_extra_index_urls: list[str] = Field(
+        default_factory=list, description="More package indexes (JSON list)."
+    )
+    env_find_links: list[str] = Field(
+        default_factory=list,
+        description="Local wheelhouses (folders or URLs) for air-gapped hubs (JSON list).",
+    )
+    env_no_index: bool = Field(
+        False, description="Install from env_find_links only, never from an index (air-gapped)."
+    )
+    env_allow_sdist: bool = Field(
+        False,
+        description="Allow building packages from source distributions; off by default, so no "
+        "package's build script ever runs on the service host.",
+    )
+    env_allow: list[str] = Field(
+        default_factory=list,
+        description="If set, the only packages a bundle may add to the runtime (JSON list).",
+    )
+    env_deny: list[str] = Field(
+        default_factory=list, description="Packages no bundle may install (JSON list)."
+    )
+    env_max_env_bytes: int = Field(
+        4 * 1024**3, gt=0, description="Largest environment one bundle may build (bytes)."
+    )
+    env_max_cache_bytes: int = Field(
+        20 * 1024**3,
+        gt=0,
+        description="Disk for environments and the installer's cache; beyond it, environments "
+        "no deployment uses are removed, least recently used first.",
+    )
 
     @field_validator("base_url", "hub_base_url")
     @classmethod
@@ -178,6 +225,22 @@ class HubServiceSettings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'hubserve.sqlite'}"
+
+    def environments(self) -> EnvironmentManager:
+        """Where and by which rules bundles' environments are built (``HUBSERVE_ENV_*``)."""
+        policy = EnvironmentPolicy.create(
+            enabled=self.env_enabled,
+            index_url=self.env_index_url,
+            extra_index_urls=self.env_extra_index_urls,
+            find_links=self.env_find_links,
+            no_index=self.env_no_index,
+            allow_sdist=self.env_allow_sdist,
+            allow=self.env_allow,
+            deny=self.env_deny,
+            max_env_bytes=self.env_max_env_bytes,
+            max_cache_bytes=self.env_max_cache_bytes,
+        )
+        return EnvironmentManager(self.env_root or self.data_dir / "envs", policy)
 
     def deployment_url(self, owner: str, name: str) -> str:
         """Where callers reach a deployment (absolute when the public origin is known)."""

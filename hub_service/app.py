@@ -53,16 +53,24 @@ def make_backend(settings: HubServiceSettings, store: Store) -> Backend:
     if settings.backend == "kubernetes":
         try:
             from .backends._k8s_settings import KubernetesSettings
-            from .backends.kubernetes import KubernetesBackend
+            from .backends.kubernetes import KubernetesBackend, env_policy_of
         except ImportError as exc:
             raise ValueError(
                 "the kubernetes deploy backend needs the kubernetes client:"
                 f" pip install 'hubserve[kubernetes]' ({exc})"
             ) from exc
         return KubernetesBackend(
-            KubernetesSettings(), settings.store, job_locations=settings.job_locations
+            KubernetesSettings(),
+            settings.store,
+            job_locations=settings.job_locations,
+            env_policy=env_policy_of(settings),
         )
-    return LocalBackend(store, settings.data_dir, job_locations=settings.job_locations)
+    return LocalBackend(
+        store,
+        settings.data_dir,
+        job_locations=settings.job_locations,
+        environments=settings.environments(),
+    )
 
 
 class Health(BaseModel):

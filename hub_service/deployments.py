@@ -30,11 +30,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from model_runtime.bundle import BundleManifest
+from model_runtime.envs import EnvBuildError
 from model_runtime.errors import InvalidNameError
 from model_runtime.naming import ModelRef, check_model_name
 from model_runtime.runtime import BatchingOverride
 
 from ._responses import AUTH_ERRORS, error_responses
+from ._settings import HubServiceSettings
 from ._state import Route, ServiceState, get_state
 from ._store_calls import store_call
 from .access import Grants, can_call, owner_for, require_manage
@@ -223,6 +225,17 @@ async def info_of(state: ServiceState, row: Deployment) -> DeploymentInfo:
     )
 
 
+def _check_requirements(settings: HubServiceSettings, manifest: BundleManifest) -> None:
+    """Refuse at once (422) a bundle whose requirements the hub's policy forbids, rather than
+    a deployment that fails later while its environment builds."""
+    if not settings.env_enabled:
+        return
+    try:
+        settings.environments().check(manifest.requirements)
+    except EnvBuildError as exc:
+        raise HTTPException(422, f"{manifest.ref} cannot be deployed here: {exc.reason}") from None
+
+
 def _check_batching(manifest: BundleManifest, batching: dict[str, BatchingOverride]) -> None:
     batchable = {api.name for api in manifest.apis if api.batchable}
     unknown = sorted(set(batching) - batchable)
@@ -302,6 +315,7 @@ async def create_deployment(
     _check_replicas(state, body.replicas)
     manifest = await _manifest(state, ref)
     _check_batching(manifest, body.batching)
+    _check_requirements(state.settings, manifest)
     assert ref.version is not None
     limit = state.settings.limits.max_deployments_per_user
 
@@ -377,6 +391,7 @@ async def update_deployment(
         if batching is None:
             batching = {k: BatchingOverride(**v) for k, v in (row.batching or {}).items()}
         _check_batching(manifest, batching)
+        _check_requirements(state.settings, manifest)
 
         def change(session: Session) -> Deployment:
             current = _get_row(session, owner, name)

@@ -15,7 +15,10 @@ Four ways in, one client underneath:
   panel never holds one.
 
 It depends on :mod:`model_runtime` and reaches ``hub_service`` over HTTP only. Names are
-imported lazily, so loading the server extension does not import ipywidgets or torch.
+imported lazily, so loading the server extension does not import ipywidgets or torch. The
+client needs only the core install (``pip install hubserve``); the magics, widgets and server
+extension need the jupyter extra (``pip install 'hubserve[jupyter]'``), and the widgets and
+server extension say so when it is missing.
 """
 
 from __future__ import annotations

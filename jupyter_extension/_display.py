@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 _PHASE_COLOURS = {
     "ready": "#1a7f37",
     "progressing": "#9a6700",
+    "preparing environment": "#9a6700",
     "degraded": "#bc4c00",
     "failed": "#cf222e",
     "stopped": "#57606a",

@@ -20,6 +20,7 @@ from .errors import (
     InvalidInput,
     NotFoundError,
     PackagingError,
+    PackagingWarning,
     StoreError,
     UnsafeBundleError,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "ModelRef",
     "NotFoundError",
     "PackagingError",
+    "PackagingWarning",
     "S3Store",
     "Service",
     "Store",

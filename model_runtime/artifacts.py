@@ -11,8 +11,14 @@ object                        format             file
 ``torch.nn.Module``           ``safetensors``    state dict; the class is rebuilt from code
 ``torch.Tensor`` / dict       ``safetensors``    ``artifacts/<name>.safetensors``
 ``numpy.ndarray``             ``npy``            ``artifacts/<name>.npy`` (no pickled objects)
+scikit-learn estimator        ``skops``          ``artifacts/<name>.skops`` (needs ``skops``)
 anything                      ``pickle``         only with ``trust_pickle=True``
 ============================  =================  ==========================================
+
+A skops file rebuilds objects from a description rather than running code, and only of types
+skops trusts (scikit-learn's estimators, numpy, scipy...). An estimator holding other types (a
+custom transformer) is saved only with ``trust_pickle=True``, which records those types in the
+manifest entry's ``trusted_types``; loading accepts them again only under ``trust_pickle``.
 
 The safetensors form of a module stores only the state dict, so loading needs the module's class
 and its constructor arguments: the bundle's code defines or imports the class and the manifest
@@ -32,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import importlib.util
 import inspect
 import json
 import sys
@@ -44,7 +51,7 @@ from typing import Any
 from .errors import ArtifactError
 
 ARTIFACTS_DIR = "artifacts"
-FORMATS = ("auto", "torchscript", "export", "safetensors", "npy", "pickle")
+FORMATS = ("auto", "torchscript", "export", "safetensors", "npy", "skops", "pickle")
 
 _trust_pickle: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "hubserve_trust_pickle", default=False
@@ -108,6 +115,11 @@ def _is_tensor_or_tensor_dict(obj: Any) -> bool:
     )
 
 
+def _is_sklearn_estimator(obj: Any) -> bool:
+    sklearn_base = _optional_module("sklearn.base")
+    return sklearn_base is not None and isinstance(obj, sklearn_base.BaseEstimator)
+
+
 def _optional_module(name: str) -> Any:
     # Only look at modules the user already imported: importing torch costs seconds.
     return sys.modules.get(name)
@@ -139,6 +151,9 @@ def save_model(
     elif fmt == "npy":
         entry["path"] = _save_npy(obj, out_dir / f"{name}.npy")
         entry["framework"] = "numpy"
+    elif fmt == "skops":
+        entry["path"] = _save_skops(obj, out_dir / f"{name}.skops", entry, trust_pickle)
+        entry["framework"] = "sklearn" if _is_sklearn_estimator(obj) else "python"
     else:  # pickle
         if not trust_pickle:
             raise ArtifactError(
@@ -210,6 +225,8 @@ def _auto_format(obj: Any) -> str:
     np = _optional_module("numpy")
     if np is not None and isinstance(obj, np.ndarray) and obj.dtype != object:
         return "npy"
+    if _is_sklearn_estimator(obj) and importlib.util.find_spec("skops") is not None:
+        return "skops"
     return "pickle"
 
 
@@ -297,6 +314,29 @@ def _save_npy(obj: Any, path: Path) -> str:
     return path.name
 
 
+def _skops_io() -> Any:
+    try:
+        return importlib.import_module("skops.io")
+    except ImportError:
+        raise ArtifactError("the skops format needs the skops package: pip install skops") from None
+
+
+def _save_skops(obj: Any, path: Path, entry: dict[str, Any], trust_pickle: bool) -> str:
+    sio = _skops_io()
+    sio.dump(obj, path)
+    untrusted = sorted(sio.get_untrusted_types(file=path))
+    if untrusted and not trust_pickle:
+        path.unlink()
+        raise ArtifactError(
+            f"model {entry['name']!r} ({entry['type']}) holds types that skops does not trust,"
+            f" whose code runs when it is loaded: {', '.join(untrusted)}; pass"
+            " trust_pickle=True to allow them"
+        )
+    if untrusted:
+        entry["trusted_types"] = untrusted
+    return path.name
+
+
 def _save_pickle(obj: Any, path: Path) -> str:
     import pickle
 
@@ -357,6 +397,8 @@ def load_model(name: str, bundle: str | Path, *, cls: type | None = None) -> Any
         import numpy as np
 
         return np.load(path, allow_pickle=False)
+    if fmt == "skops":
+        return _load_skops(entry, path)
     if fmt == "pickle":
         return _load_pickle(entry, path)
     raise ArtifactError(f"model {name!r} has unknown format {fmt!r}")
@@ -406,6 +448,26 @@ def _import_class(path: str) -> type:
     if not isinstance(obj, type) or not issubclass(obj, torch.nn.Module):
         raise ArtifactError(f"{path} is not a torch module class")
     return obj
+
+
+def _load_skops(entry: dict[str, Any], path: Path) -> Any:
+    """Load with skops' default trusted types, plus the recorded ones if pickles are trusted.
+
+    The manifest's ``trusted_types`` is as untrusted as the file itself: without
+    ``trust_pickle`` it is ignored, so a bundle cannot vouch for its own types.
+    """
+    sio = _skops_io()
+    recorded = entry.get("trusted_types", [])
+    if not isinstance(recorded, list) or not all(isinstance(t, str) for t in recorded):
+        raise ArtifactError(f"model {entry['name']!r} has malformed trusted_types")
+    untrusted_error = importlib.import_module("skops.io.exceptions").UntrustedTypesFoundException
+    try:
+        return sio.load(path, trusted=recorded if _trust_pickle.get() else None)
+    except untrusted_error as exc:
+        raise ArtifactError(
+            f"model {entry['name']!r} holds types that skops does not trust ({exc}); load the"
+            " bundle with trust_pickle=True only if you trust its author"
+        ) from None
 
 
 def _load_pickle(entry: dict[str, Any], path: Path) -> Any:

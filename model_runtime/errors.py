@@ -3,7 +3,8 @@
 Every error a user can cause (a bad bundle, an unknown model, a store that is down or rejects
 our credentials) is a :class:`HubserveError` with a message meant to be shown as is: the CLI
 prints it without a traceback and the services map each class to an HTTP status. Messages
-never contain credentials.
+never contain credentials. :class:`PackagingWarning` is the one warning: a bundle that was
+built but may lack something at run time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ class InvalidNameError(HubserveError, ValueError):
 
 class PackagingError(HubserveError):
     """A service cannot be turned into a bundle (code that cannot be captured, bad options)."""
+
+
+class PackagingWarning(UserWarning):
+    """A bundle was built, but may not run where it is deployed.
+
+    Raised as a warning, not an error, because packaging cannot always tell: an import that
+    no installed distribution provides and no local file defines (a module installed without
+    metadata, an import inside a function that never ran) may still be satisfied by the
+    requirements the user adds, or never be reached.
+    """
 
 
 class BundleError(HubserveError):

@@ -193,6 +193,10 @@ def _stop(proc: subprocess.Popen[bytes], root: Path) -> None:
             os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
 
 
+#: A package the test hub's environment policy denies (see HUBSERVE_ENV_DENY).
+DENIED_PACKAGE = "hubserve-denied-test-package"
+
+
 @contextlib.contextmanager
 def running_hub(
     root: Path,
@@ -211,6 +215,8 @@ def running_hub(
         "HUBSERVE_NEGATIVE_TTL": str(NEGATIVE_TTL),
         # On, but far above what a test's load loop (one user, serial calls) can reach.
         "HUBSERVE_GATEWAY_RATE_LIMIT": str(GATEWAY_RATE_LIMIT),
+        # The environments' admin policy denies one (made-up) package: deploy answers 422.
+        "HUBSERVE_ENV_DENY": json.dumps([DENIED_PACKAGE]),
         **(extra_env or {}),
     }
     proxy_port, proxy_api_port, hub_port, service_port = (free_port() for _ in range(4))

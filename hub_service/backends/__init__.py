@@ -70,12 +70,26 @@ class ReplicaStatus(BaseModel):
     last_error: str | None = None
 
 
+class EnvironmentStatus(BaseModel):
+    """The Python environment the newest version runs in (see :mod:`model_runtime.envs`)."""
+
+    kind: str = Field(description="runtime | overlay | full")
+    reason: str = Field(description="Why this kind: what it adds, or what conflicts.")
+    key: str | None = Field(None, description="Content address; shared by equal requirements.")
+    packages: dict[str, str] = Field(
+        default_factory=dict, description="What it installs beside or instead of the runtime's."
+    )
+
+
 class DeploymentStatus(BaseModel):
     desired: int
     ready: int
     updated: int = Field(description="Ready replicas of the newest generation.")
-    phase: str = Field(description="ready | progressing | degraded | failed | stopped")
+    phase: str = Field(
+        description="preparing environment | progressing | ready | degraded | failed | stopped"
+    )
     message: str | None = None
+    environment: EnvironmentStatus | None = None
     replicas: list[ReplicaStatus] = Field(default_factory=list)
 
 

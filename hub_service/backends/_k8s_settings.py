@@ -1,8 +1,10 @@
 """Settings of the Kubernetes deploy backend, read from ``HUBSERVE_K8S_*`` variables.
 
 They say *where* deployments run (namespace, cluster credentials) and *how* every runtime pod
-looks (image, store credentials, resources, direct endpoints, autoscaling); the per-deployment
-part (model version, replicas, threads, batching) comes from each deployment. JupyterHub
+looks (image, store credentials, resources, direct endpoints, autoscaling, the cache of the
+bundles' environments); the per-deployment part (model version, replicas, threads, batching)
+comes from each deployment. What environments may install is the service's policy
+(``HUBSERVE_ENV_*``, shared with the local backend), which the pods get as it is. JupyterHub
 passes them to the service through ``configure_jupyterhub(..., extra_env={...})``, e.g.::
 
     hub_service.configure_jupyterhub(
@@ -74,6 +76,12 @@ class KubernetesSettings(BaseSettings):
     memory: str | None = Field(None, description="Memory request of each runtime container.")
     cpu_limit: str | None = None
     memory_limit: str | None = None
+    env_cache_claim: str | None = Field(
+        None,
+        description="PersistentVolumeClaim (in the namespace; ReadWriteMany when pods run on "
+        "several nodes) that keeps the bundles' environments for every pod: each requirement "
+        "set is built once and reused; unset: an emptyDir, so every new pod builds its own.",
+    )
     kubeconfig: Path | None = Field(
         None, description="kubeconfig file (default: in-cluster config, else ~/.kube/config)."
     )
@@ -91,6 +99,11 @@ class KubernetesSettings(BaseSettings):
     backoff_max: float = Field(
         60.0, gt=0, description="Longest wait before retrying a failed API call (1 s, 2 s, ...)."
     )
+
+    @field_validator("env_cache_claim")
+    @classmethod
+    def _no_empty_claim(cls, value: str | None) -> str | None:
+        return value or None
 
     @field_validator("ingress_host")
     @classmethod

@@ -6,7 +6,10 @@ What a deployment becomes (built by :func:`model_runtime.k8s.build_manifests`, o
 * a **Secret** ``<object_name>-token`` holding the deployment's gateway secret (key ``token``):
   runtimes accept only calls that carry it, and only the gateway sends it;
 * a **Deployment**: N runtime pods, each pulling the bundle from the S3 store in an init
-  container (credentials from the admin's store Secret, ``HUBSERVE_K8S_S3_SECRET``), probed on
+  container (credentials from the admin's store Secret, ``HUBSERVE_K8S_S3_SECRET``) and
+  building or reusing the bundle's environment in a second one (under the service's
+  ``HUBSERVE_ENV_*`` policy, in an ``emptyDir`` or in the shared claim
+  ``HUBSERVE_K8S_ENV_CACHE_CLAIM``; no second one with ``HUBSERVE_ENV_ENABLED=false``), probed on
   ``/readyz`` and ``/healthz``, rolling updates with ``maxUnavailable: 0`` (a new pod is ready
   before an old one goes); the pod template carries the model version and the deployment's
   *generation* (an annotation the backend adds), so a new version or new runtime settings
@@ -40,7 +43,8 @@ How the backend converges:
   the Deployment's failure conditions (``ReplicaFailure``, e.g. a pod quota;
   ``ProgressDeadlineExceeded``), and why a pod is not running (``ImagePullBackOff``,
   ``CrashLoopBackOff`` with the last exit, a failing bundle pull, unschedulable) as the
-  message. A Deployment found missing (deleted with kubectl) is applied again.
+  message (a failed environment build: the build's one-line reason, the init container's
+  termination message). A Deployment found missing (deleted with kubectl) is applied again.
 * **Autoscaling**: with ``HUBSERVE_K8S_AUTOSCALE_MAX`` an autoscaler owns the replica count;
   the user's replica count is its floor (unless ``AUTOSCALE_MIN`` is set), and zero replicas
   removes it (an autoscaler cannot hold zero) until the deployment is scaled up again.
@@ -104,9 +108,17 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from model_runtime.k8s import Autoscale, RuntimeTarget, build_manifests, labels, object_name
+from model_runtime.k8s import (
+    Autoscale,
+    EnvPolicy,
+    RuntimeTarget,
+    build_manifests,
+    labels,
+    object_name,
+)
 from model_runtime.naming import ModelRef
 
+from .._settings import HubServiceSettings
 from . import (
     Backend,
     DeploymentSpec,
@@ -152,6 +164,8 @@ _APPLY_CONCURRENCY = 8
 #: Threads for the client's blocking calls (applies, status reads, logs, deletes).
 _THREADS = 16
 _MAX_MESSAGE = 500
+#: Environments on, nothing restricted: the pods' builds use the image's pip configuration.
+_DEFAULT_POLICY = EnvPolicy()
 
 Obj = dict[str, Any]
 
@@ -243,6 +257,23 @@ def api_client_for(settings: KubernetesSettings) -> k8s.ApiClient:
     # the API is down (the backend retries on its own schedule)
     configuration.retries = 1
     return k8s.ApiClient(configuration)
+
+
+def env_policy_of(settings: HubServiceSettings) -> EnvPolicy | None:
+    """The service's environment policy (``HUBSERVE_ENV_*``) for the pods, ``None`` when
+    environments are off: the pods build and serve under the rules the local backend uses."""
+    if not settings.env_enabled:
+        return None
+    return EnvPolicy(
+        index_url=settings.env_index_url,
+        extra_index_urls=tuple(settings.env_extra_index_urls),
+        find_links=tuple(settings.env_find_links),
+        no_index=settings.env_no_index,
+        allow_sdist=settings.env_allow_sdist,
+        allow=tuple(settings.env_allow),
+        deny=tuple(settings.env_deny),
+        max_env_bytes=settings.env_max_env_bytes,
+    )
 
 
 def _utcnow() -> datetime:
@@ -436,6 +467,7 @@ class KubernetesBackend(Backend):
         *,
         api_client: k8s.ApiClient | None = None,
         job_locations: Sequence[str] = (),
+        env_policy: EnvPolicy | None = _DEFAULT_POLICY,
     ) -> None:
         if not store_uri.startswith("s3://"):
             shown = repr(store_uri) if store_uri else "the default local directory"
@@ -447,6 +479,8 @@ class KubernetesBackend(Backend):
         self.settings = settings
         self.store_uri = store_uri.rstrip("/")
         self.job_locations = tuple(job_locations)
+        #: What the pods' environment builds may install; ``None``: environments are off.
+        self.env_policy = env_policy
         self._check_settings()
         self._owns_client = api_client is None
         self.api_client = api_client or api_client_for(settings)
@@ -619,6 +653,10 @@ class KubernetesBackend(Backend):
             )
         name = object_name(spec.owner, spec.name)
         extra: dict[str, Any] = {} if s.image is None else {"image": s.image}
+        if self.env_policy is None:
+            extra["environments"] = False
+        else:
+            extra.update(env_policy=self.env_policy, env_cache_claim=s.env_cache_claim)
         return RuntimeTarget(
             owner=spec.owner,
             name=spec.name,

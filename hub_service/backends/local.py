@@ -7,6 +7,19 @@ How a deployment runs here:
   so N replicas cost one download and runtimes need no store credentials. A failed fetch
   (the store down, the cache's disk full) is retried with the backoff below and reported in
   the deployment's status; a partial download never counts as a bundle.
+* **Environments.** Each version runs in the environment its requirements need
+  (:mod:`model_runtime.envs`), prepared after the fetch and before any replica of it starts,
+  in the background (phase ``preparing environment``, its progress as the message): nothing
+  to do when the service's environment has everything; an *overlay* of extra packages put on
+  the path of a replica forked from the zygote; or a *full* separate environment, whose
+  replicas start under its own interpreter (``python -m model_runtime.runtime``, no zygote).
+  An overlay's first replica also starts the zygote's *warm launcher* for that environment,
+  which imports the overlay's packages and what the bundle's loading imports; later replicas
+  of any deployment in that environment are forked from it with those imports done.
+  The installer's output is the ``environment`` entry of the deployment's logs; a failure
+  (unresolvable pins, no wheel, the index down) is phase ``failed`` with the reason in one
+  line, retried with the backoff below (an index that comes back heals it). Environments no
+  deployment uses are evicted when the cache outgrows its size.
 * **Launching.** Replicas are forked from a *zygote* (``hubserve zygote``, see
   :mod:`model_runtime.runtime._zygote`; started with the service) that has torch, FastAPI
   and the runtime imported already, so a replica is ready a few hundred milliseconds after
@@ -33,7 +46,9 @@ How a deployment runs here:
 * **Restarts of the service.** Each replica has a state file in ``<data_dir>/local/replicas``
   (pid, port, generation). When the service comes back after a crash, it adopts replicas that
   are alive and answer with their deployment's secret, and stops those of deployments that
-  are gone. A graceful stop of the service stops its replicas (and the zygote, which also
+  are gone, and any process marked as this backend's (``HUBSERVE_LOCAL_BACKEND`` in its
+  environment) that no state file names: a replica launched just before a crash, an old
+  zygote or warm launcher. A graceful stop of the service stops its replicas (and the zygote, which also
   exits by itself when the service dies).
 
 The local backend isolates nothing: replicas run as the service's OS user. It is meant for one
@@ -48,6 +63,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -64,8 +80,11 @@ from typing import Any
 import anyio.to_thread
 import httpx
 
+from model_runtime.bundle import load_time_imports, read_manifest
+from model_runtime.envs import EnvBuildError, Environment, EnvironmentManager
 from model_runtime.errors import HubserveError
 from model_runtime.naming import ModelRef
+from model_runtime.runtime import LAUNCH_ENV
 from model_runtime.runtime._zygote import ZygoteError, spawn
 from model_runtime.store import Store
 
@@ -74,6 +93,7 @@ from . import (
     DeploymentSpec,
     DeploymentStatus,
     Endpoint,
+    EnvironmentStatus,
     LogChunk,
     ReplicaState,
     ReplicaStatus,
@@ -100,9 +120,35 @@ INHERITED_ENV = (
 _MAX_SOCKET_PATH = 100
 
 
+#: In the environment of the zygote and of every replica: the backend (its folder) they belong
+#: to. A service killed between launching a replica and recording it leaves a process no
+#: state file names; the next service finds it by this mark and stops it.
+OWNER_ENV = "HUBSERVE_LOCAL_BACKEND"
+
+
 def runtime_environment() -> dict[str, str]:
     """The environment replicas start with: the basics, nothing secret."""
     return {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+
+
+def _leftovers(root: Path, keep: Collection[int]) -> list[int]:
+    """Processes marked as ``root``'s that are neither in ``keep`` nor this process's
+    children (its new zygote): an earlier service's unrecorded replicas, zygote, launchers."""
+    marker = f"{OWNER_ENV}={root}".encode()
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in keep or int(entry.name) == me:
+            continue
+        try:
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent != me:
+            found.append(int(entry.name))
+    return found
 
 
 def _utcnow() -> datetime:
@@ -223,12 +269,20 @@ class _Deployment:
     pull_failures: int = 0
     pull_retry_at: float = 0.0
     turn: int = 0
+    #: Environments by bundle version, once prepared.
+    environments: dict[str, Environment] = field(default_factory=dict)
+    #: The environment being prepared in the background, and what it is doing now.
+    preparing: asyncio.Task[None] | None = None
+    progress: str | None = None
+    env_failures: int = 0
+    env_retry_at: float = 0.0
 
 
 class _Zygote:
     """The launcher process, started on first use; ``None`` from :meth:`ensure` = unusable."""
 
-    def __init__(self, directory: Path, log_file: Path) -> None:
+    def __init__(self, directory: Path, log_file: Path, env: dict[str, str]) -> None:
+        self.env = env
         path = directory / "zygote.sock"
         if len(str(path)) > _MAX_SOCKET_PATH:  # AF_UNIX paths are short
             path = Path(tempfile.mkdtemp(prefix="hubserve-")) / "zygote.sock"
@@ -275,7 +329,7 @@ class _Zygote:
                     str(self.socket_path),
                     "--exit-with-parent",
                 ],
-                env=runtime_environment(),
+                env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -302,16 +356,19 @@ class LocalBackend(Backend):
         settings: LocalBackendSettings | None = None,
         *,
         job_locations: Sequence[str] = (),
+        environments: EnvironmentManager | None = None,
     ) -> None:
         self.store = store
         self.job_locations = list(job_locations)
+        #: None: every replica runs in the service's own environment.
+        self.environments = environments
         self.root = data_dir / "local"
         self.settings = settings or LocalBackendSettings()
         self._state_dir = self.root / "replicas"
         self._logs = self.root / "logs"
         self._cache = self.root / "cache"
         self._deployments: dict[str, _Deployment] = {}
-        self._zygote = _Zygote(self.root, self._logs / "zygote.log")
+        self._zygote = _Zygote(self.root, self._logs / "zygote.log", self._environment())
         self._probe = httpx.AsyncClient(timeout=self.settings.probe_timeout)
         self._warming: asyncio.Task[Path | None] | None = None
         for directory in (self._state_dir, self._logs, self._cache):
@@ -328,6 +385,10 @@ class LocalBackend(Backend):
             replica, key = await self._adopt(path, wanted)
             if replica is not None:
                 adopted.setdefault(key, []).append(replica)
+        keep = {r.process.pid for rs in adopted.values() for r in rs if r.process is not None}
+        for pid in await anyio.to_thread.run_sync(_leftovers, self.root, keep):
+            log.info("stopping process %d, left by an earlier run of the service", pid)
+            await self._terminate(_Process(pid))
         for spec in specs:
             deployment = _Deployment(spec)
             for replica in adopted.get(spec.key, []):
@@ -367,6 +428,8 @@ class LocalBackend(Backend):
         )
         if spec.replicas == 0 and not replicas:
             phase = "stopped"
+        elif deployment.preparing is not None:
+            phase = "preparing environment"
         elif updated == spec.replicas and len(replicas) == updated:
             phase = "ready"
         elif not ready and (crashed or deployment.message):
@@ -375,16 +438,18 @@ class LocalBackend(Backend):
             phase = "degraded"
         else:
             phase = "progressing"
-        message = deployment.message
+        message = deployment.progress if deployment.preparing is not None else deployment.message
         if message is None and crashed:
             errors = [r.last_error for r in replicas if r.last_error]
             message = errors[-1] if errors else None
+        environment = deployment.environments.get(spec.model.version or "")
         return DeploymentStatus(
             desired=spec.replicas,
             ready=len(ready),
             updated=updated,
             phase=phase,
             message=message,
+            environment=EnvironmentStatus(**environment.to_json()) if environment else None,
             replicas=[r.status() for r in replicas],
         )
 
@@ -420,10 +485,15 @@ class LocalBackend(Backend):
         if deployment is None:
             return []
         replicas = sorted(deployment.replicas.values(), key=lambda r: r.started_at)
-        return [
+        chunks = [
             LogChunk(replica=r.id, lines=await anyio.to_thread.run_sync(_tail, r.log_file, tail))
             for r in replicas
         ]
+        env_log = self._env_log(deployment.spec)
+        if env_log.exists():
+            lines = await anyio.to_thread.run_sync(_tail, env_log, tail)
+            chunks.insert(0, LogChunk(replica="environment", lines=lines))
+        return chunks
 
     async def aclose(self) -> None:
         deployments = list(self._deployments.values())
@@ -453,7 +523,7 @@ class LocalBackend(Backend):
 
     async def _converge(self, deployment: _Deployment) -> None:
         spec = deployment.spec
-        if not await self._fetch_bundle(deployment):
+        if not await self._fetch_bundle(deployment) or not self._environment_ready(deployment):
             return
         active = [r for r in deployment.replicas.values() if r.state is not ReplicaState.STOPPING]
         await asyncio.gather(*(self._check(deployment, r) for r in active))
@@ -513,6 +583,76 @@ class LocalBackend(Backend):
     def _pull(self, ref: ModelRef) -> Path:
         return self.store.pull(ref, cache_dir=self._cache).path
 
+    def _environment_ready(self, deployment: _Deployment) -> bool:
+        """Whether the newest version's environment is there; if not, start preparing it.
+
+        It is prepared in a task of its own: building can take a minute, and the supervisor
+        keeps checking the replicas of the older version meanwhile.
+        """
+        version = deployment.spec.model.version or ""
+        if version in deployment.environments:
+            return True
+        if self.environments is None:
+            deployment.environments[version] = Environment("runtime", "environments are off")
+            return True
+        if deployment.preparing is None and time.monotonic() >= deployment.env_retry_at:
+            deployment.progress = "preparing the environment"
+            deployment.preparing = asyncio.create_task(self._prepare(deployment, version))
+        return False
+
+    async def _prepare(self, deployment: _Deployment, version: str) -> None:
+        assert self.environments is not None
+        manager = self.environments
+        bundle = deployment.bundles[version]
+        log_file = self._env_log(deployment.spec)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+
+        def progress(message: str) -> None:
+            deployment.progress = f"preparing environment: {message}"
+            with log_file.open("a", encoding="utf-8") as out:
+                out.write(f"{_utcnow():%Y-%m-%d %H:%M:%S}Z {message}\n")
+
+        def prepare() -> Environment:
+            requirements = read_manifest(bundle).requirements
+            progress(f"{version}: {len(requirements)} requirement(s)")
+            return manager.prepare(requirements, progress=progress)
+
+        try:
+            environment = await anyio.to_thread.run_sync(prepare)
+        except (EnvBuildError, HubserveError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, EnvBuildError) else str(exc)
+            deployment.env_failures += 1
+            delay = self._backoff(deployment.env_failures)
+            deployment.env_retry_at = time.monotonic() + delay
+            deployment.message = f"environment: {reason}"
+            installer_log = getattr(exc, "log_file", None)
+            await anyio.to_thread.run_sync(_append_log, log_file, installer_log, reason)
+            log.warning("%s: %s (retrying in %.0f s)", deployment.spec.key, reason, delay)
+        else:
+            deployment.environments[version] = environment
+            deployment.message = None
+            deployment.env_failures = 0
+            progress(environment.describe())
+            if environment.built:  # the cache grew: evict what no deployment uses
+                in_use = {
+                    e.key
+                    for d in self._deployments.values()
+                    for e in d.environments.values()
+                    if e.key
+                }
+                await anyio.to_thread.run_sync(lambda: manager.gc(in_use))
+        finally:
+            deployment.preparing = None
+            deployment.progress = None
+            deployment.wake.set()
+
+    def _environment(self) -> dict[str, str]:
+        """What every replica's (and the zygote's) environment holds: the basics, the mark."""
+        return {**runtime_environment(), OWNER_ENV: str(self.root)}
+
+    def _env_log(self, spec: DeploymentSpec) -> Path:
+        return self._logs / spec.owner / spec.name / "environment.log"
+
     async def _check(self, deployment: _Deployment, replica: _Replica) -> None:
         process = replica.process
         if replica.state is ReplicaState.CRASHED or process is None:
@@ -520,7 +660,8 @@ class LocalBackend(Backend):
         if not process.alive():
             code = process.exit_code()
             reason = "exited" + (f" with status {code}" if code is not None else "")
-            self._crashed(deployment, replica, reason)
+            cause = await anyio.to_thread.run_sync(_last_error, replica.log_file)
+            self._crashed(deployment, replica, f"{reason}: {cause}" if cause else reason)
             return
         try:
             response = await self._probe.get(replica.address + "/readyz")
@@ -608,23 +749,53 @@ class LocalBackend(Backend):
         )
         if self.job_locations:
             settings["job_locations"] = self.job_locations
+        environment = deployment.environments[replica.version]
         try:
-            replica.process = await self._start_process(str(bundle), settings, replica.log_file)
+            replica.process = await self._start_process(
+                str(bundle), settings, replica.log_file, environment
+            )
         except (ZygoteError, OSError) as exc:
             self._crashed(deployment, replica, f"could not be launched: {exc}")
             return
         self._save(deployment, replica)
 
     async def _start_process(
-        self, source: str, settings: dict[str, Any], log_file: Path
+        self, source: str, settings: dict[str, Any], log_file: Path, environment: Environment
     ) -> _Process:
+        if environment.python is not None:  # a separate environment: its own interpreter
+            return self._popen(
+                [str(environment.python), "-m", "model_runtime.runtime"],
+                {
+                    **self._environment(),
+                    LAUNCH_ENV: json.dumps({"source": source, "settings": settings}),
+                },
+                log_file,
+            )
+        sys_path = [str(environment.site)] if environment.site is not None else []
         socket_path = await self._zygote.ensure() if self.settings.use_zygote else None
         if socket_path is not None:
+            # An overlay's replicas come from a warm launcher with its packages imported.
+            warm_key = environment.key if environment.site is not None else None
+            preload = (
+                await anyio.to_thread.run_sync(_preload, environment, Path(source))
+                if warm_key
+                else None
+            )
             pid = await anyio.to_thread.run_sync(
-                lambda: spawn(socket_path, source, log_file=log_file, settings=settings)
+                lambda: spawn(
+                    socket_path,
+                    source,
+                    log_file=log_file,
+                    settings=settings,
+                    sys_path=sys_path,
+                    warm_key=warm_key,
+                    preload=preload,
+                )
             )
             return _Process(pid)
-        env = runtime_environment()
+        env = self._environment()
+        if sys_path:
+            env["PYTHONPATH"] = os.pathsep.join([*sys_path, *filter(None, [env.get("PYTHONPATH")])])
         env["HUBSERVE_RUNTIME_API_TOKEN"] = settings["api_token"]
         env["HUBSERVE_RUNTIME_BATCHING"] = json.dumps(settings["batching"])
         env["HUBSERVE_RUNTIME_CACHE_DIR"] = settings["cache_dir"]
@@ -632,7 +803,10 @@ class LocalBackend(Backend):
             env["HUBSERVE_RUNTIME_JOB_LOCATIONS"] = json.dumps(settings["job_locations"])
         command = [sys.executable, "-m", "model_runtime.cli", "serve", source]
         command += ["--host", settings["host"], "--port", str(settings["port"])]
-        command += ["--threads", str(settings["threads"])]
+        command += ["--threads", str(settings["threads"]), "--env", "none"]
+        return self._popen(command, env, log_file)
+
+    def _popen(self, command: list[str], env: dict[str, str], log_file: Path) -> _Process:
         with log_file.open("ab") as out:
             popen = subprocess.Popen(
                 command,
@@ -675,10 +849,11 @@ class LocalBackend(Backend):
         (self._state_dir / f"{replica.id}.json").unlink(missing_ok=True)
 
     async def _shutdown(self, deployment: _Deployment) -> None:
-        if deployment.task is not None:
-            deployment.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await deployment.task
+        for task in (deployment.task, deployment.preparing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for replica in list(deployment.replicas.values()):
             if replica.state is not ReplicaState.STOPPING:
                 self._stop_later(deployment, replica)
@@ -761,6 +936,40 @@ def _tail(path: Path, lines: int) -> list[str]:
         return []
     text = data.decode("utf-8", errors="replace").splitlines()
     return text[-lines:] if lines > 0 else []
+
+
+#: A line that ends a Python traceback (``ModuleNotFoundError: No module named 'x'``) or
+#: hubserve's own one-line errors (``Error: ...``).
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b.*|Error: .+)$")
+
+
+def _last_error(path: Path) -> str | None:
+    """The last error line a crashed replica wrote since its last start (for the status)."""
+    lines = _tail(path, 200)
+    starts = [i for i, line in enumerate(lines) if line.startswith("--- ")]
+    for line in reversed(lines[starts[-1] if starts else 0 :]):
+        if _ERROR_LINE.match(line.strip()):
+            return line.strip()[:300]
+    return None
+
+
+def _preload(environment: Environment, bundle: Path) -> list[str]:
+    """What a warm launcher of ``environment`` imports: the overlay's packages, and what
+    loading this bundle imports (its artifact loader and classes, its service's imports)."""
+    try:
+        extra = load_time_imports(bundle)
+    except (HubserveError, OSError):
+        extra = []
+    return sorted({*environment.modules(), *extra})
+
+
+def _append_log(log_file: Path, installer_log: str | None, reason: str) -> None:
+    """The installer's whole output, then the one-line reason, into the deployment's log."""
+    with log_file.open("a", encoding="utf-8") as out:
+        if installer_log:
+            with contextlib.suppress(OSError):
+                out.write(Path(installer_log).read_text(encoding="utf-8", errors="replace"))
+        out.write(f"{_utcnow():%Y-%m-%d %H:%M:%S}Z failed: {reason}\n")
 
 
 def _disk_full(exc: BaseException) -> bool:

@@ -210,14 +210,26 @@ class ReplicaStatus(_Answer):
     last_error: str | None = None
 
 
+class EnvironmentInfo(_Answer):
+    """The Python environment the deployment's newest version runs in: ``runtime`` (the
+    service's own), ``overlay`` (extra packages on it) or ``full`` (a separate one)."""
+
+    kind: str
+    reason: str
+    key: str | None = None
+    packages: dict[str, str] = Field(default_factory=dict)
+
+
 class DeploymentStatus(_Answer):
-    """What the replicas do now; ``phase`` is ready, progressing, degraded, failed or stopped."""
+    """What the replicas do now; ``phase`` is preparing environment, progressing, ready,
+    degraded, failed or stopped."""
 
     desired: int
     ready: int
     updated: int
     phase: str
     message: str | None = None
+    environment: EnvironmentInfo | None = None
     replicas: list[ReplicaStatus] = Field(default_factory=list)
 
     @property

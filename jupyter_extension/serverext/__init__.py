@@ -19,7 +19,16 @@ forwarded API answers 503 with the same reason, so the panel can explain what is
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from typing import TYPE_CHECKING
+
+# The notebook side is the jupyter extra; the core install (hubserve.Client) has no server.
+if find_spec("jupyter_server") is None:
+    raise ModuleNotFoundError(
+        "the hubserve server extension needs the jupyter extra (jupyter_server not installed): "
+        "pip install 'hubserve[jupyter]'",
+        name="jupyter_server",
+    )
 
 from ._settings import HubserveExtension
 from .handlers import SETTINGS_KEY, ServiceClient, default_handlers

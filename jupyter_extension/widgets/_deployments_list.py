@@ -26,6 +26,7 @@ MAX_REPLICAS = 64
 _PHASE_COLOURS = {
     "ready": "#1b7f3b",
     "progressing": "#b26a00",
+    "preparing environment": "#b26a00",
     "degraded": "#b26a00",
     "failed": "#b00020",
     "stopped": "#666666",

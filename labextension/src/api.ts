@@ -142,7 +142,22 @@ export interface IReplicaStatus {
 }
 
 /** Phases the backend reports. */
-export type Phase = 'ready' | 'progressing' | 'degraded' | 'failed' | 'stopped';
+export type Phase =
+  | 'preparing environment'
+  | 'ready'
+  | 'progressing'
+  | 'degraded'
+  | 'failed'
+  | 'stopped';
+
+/** The Python environment the newest version runs in. */
+export interface IEnvironmentStatus {
+  /** `runtime` (the service's own), `overlay` (extra packages) or `full` (separate). */
+  kind: string;
+  reason: string;
+  key?: string | null;
+  packages: Record<string, string>;
+}
 
 export interface IDeploymentStatus {
   desired: number;
@@ -150,6 +165,7 @@ export interface IDeploymentStatus {
   updated: number;
   phase: Phase | string;
   message?: string | null;
+  environment?: IEnvironmentStatus | null;
   replicas: IReplicaStatus[];
 }
 

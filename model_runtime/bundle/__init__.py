@@ -17,6 +17,7 @@ from ._archive import (
     verify_directory,
 )
 from ._build import BuiltBundle, build_bundle
+from ._imports import load_time_imports
 from ._load import load_bundle, read_manifest, unpack_bundle
 from ._manifest import MANIFEST_NAME, ApiEntry, BundleManifest, ModelEntry, parse_manifest
 
@@ -31,6 +32,7 @@ __all__ = [
     "build_bundle",
     "extract_archive",
     "load_bundle",
+    "load_time_imports",
     "parse_manifest",
     "read_archive_manifest",
     "read_manifest",

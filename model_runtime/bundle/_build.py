@@ -5,6 +5,11 @@ notebook) is turned into generated code plus saved model artifacts. A *service d
 holds a hand-written ``service.py`` (and any modules and weight files next to it): its files
 are copied as they are and its code is run once to read the API definitions.
 
+The requirements are completed here too: what the code imports (the service's, and that of
+the local modules copied into the bundle, see :mod:`._local`), plus what the saved artifacts
+hold (the classes inside a pickle or skops file, see :mod:`._artifact_scan`), pinned to the
+installed versions. An import nothing provides is a :class:`~model_runtime.PackagingWarning`.
+
 The version is assigned here: UTC time to the millisecond, so versions sort by age, and the
 first 8 hex digits of a hash of the content, so two builds that differ never collide.
 """
@@ -17,16 +22,22 @@ import importlib
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 from ..artifacts import Model, save_model
-from ..errors import PackagingError
+from ..errors import PackagingError, PackagingWarning
 from ..paths import default_cache_dir
 from ..service import Service
 from ._archive import directory_digests, write_archive
+from ._artifact_scan import artifact_modules
+from ._local import copy_local_modules
 from ._manifest import ApiEntry, BundleManifest, ModelEntry
 from ._module import exec_service_file, find_service
 from ._requirements import (
@@ -35,6 +46,7 @@ from ._requirements import (
     modules_imported_by,
     pinned_requirements,
     read_requirements_file,
+    unresolved_modules,
 )
 from ._source import generate_service_module
 
@@ -48,6 +60,7 @@ _FORMAT_PACKAGES = {
     "export": "torch",
     "safetensors": "safetensors",
     "npy": "numpy",
+    "skops": "skops",
 }
 
 
@@ -88,18 +101,17 @@ def build_bundle(
             ModelEntry.model_validate(save_model(model, staging, key, trust_pickle=trust_pickle))
             for key, model in staged.models.items()
         ]
-        format_modules = {
-            _FORMAT_PACKAGES[m.format] for m in models if m.format in _FORMAT_PACKAGES
-        }
-        detected = pinned_requirements(staged.modules | format_modules, local=staged.local)
-        reqs = merge_requirements(
-            detected,
-            [
-                *read_requirements_file(staging / REQUIREMENTS_FILE),
-                *svc.requirements,
-                *requirements,
-            ],
-        )
+        modules = staged.modules | _artifact_modules(models, staging)
+        copied = copy_local_modules(modules - staged.local, staging)
+        modules |= copied.imports
+        local = staged.local | copied.copied
+        explicit = [
+            *read_requirements_file(staging / REQUIREMENTS_FILE),
+            *svc.requirements,
+            *requirements,
+        ]
+        reqs = merge_requirements(pinned_requirements(modules, local=local), explicit)
+        _warn_unresolved(unresolved_modules(modules, local=local), reqs)
         (staging / REQUIREMENTS_FILE).write_text("".join(f"{r}\n" for r in reqs))
         files = directory_digests(staging)
         created = datetime.now(timezone.utc)
@@ -122,6 +134,28 @@ def build_bundle(
         archive = out / f"{manifest.name}-{manifest.version}.tar.gz"
         write_archive(staging, manifest, archive)
     return BuiltBundle(archive=archive, manifest=manifest)
+
+
+def _artifact_modules(models: list[ModelEntry], staging: Path) -> set[str]:
+    """What loading the artifacts needs: the format's package and the classes they hold."""
+    found = {_FORMAT_PACKAGES[m.format] for m in models if m.format in _FORMAT_PACKAGES}
+    for model in models:
+        found |= artifact_modules(staging / model.path, model.format)
+    return found
+
+
+def _warn_unresolved(modules: list[str], requirements: list[str]) -> None:
+    """Warn about imports the runtime may lack, unless the user's requirements name them."""
+    listed = {canonicalize_name(Requirement(r).name) for r in requirements}
+    missing = [m for m in modules if canonicalize_name(m) not in listed]
+    if missing:
+        warnings.warn(
+            f"the service needs {', '.join(missing)}, which no installed distribution provides"
+            " and no local file defines: the bundle will not run where they are missing;"
+            " add their distributions to the requirements",
+            PackagingWarning,
+            stacklevel=3,
+        )
 
 
 def _version(created: datetime, files: dict[str, str]) -> str:

@@ -4,7 +4,8 @@ A bundle's code imports top-level modules (``torch``, ``sklearn``...). Each maps
 installed distribution that provides it (``packages_distributions`` knows that ``sklearn``
 comes from ``scikit-learn``), pinned to the installed version so the runtime can reproduce the
 environment. The standard library and hubserve itself are left out; what the user lists
-explicitly wins over what was detected.
+explicitly wins over what was detected. A module that maps to no distribution is reported by
+:func:`unresolved_modules`, for the packager to warn about: pinning cannot bring it back.
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ def installed_distributions() -> dict[str, list[str]]:
     return {k: list(v) for k, v in importlib.metadata.packages_distributions().items()}
 
 
-def modules_imported_by(source: str) -> set[str]:
+def modules_imported_by(source: str, *, origin: str = "service code") -> set[str]:
     """Top-level modules a piece of Python source imports (absolute imports only)."""
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
-        raise PackagingError(f"syntax error in service code: {exc}") from None
+        raise PackagingError(f"syntax error in {origin}: {exc}") from None
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -48,12 +49,18 @@ def modules_imported_by(source: str) -> set[str]:
     return found
 
 
+def is_third_party(module: str) -> bool:
+    """Whether a top-level module is neither the standard library nor hubserve itself."""
+    return not (
+        module in sys.stdlib_module_names or module in sys.builtin_module_names or module in _SELF
+    )
+
+
 def pinned_requirements(modules: Iterable[str], *, local: Iterable[str] = ()) -> dict[str, str]:
     """``{distribution: version}`` for the third-party modules in ``modules``."""
-    skip = set(sys.stdlib_module_names) | set(sys.builtin_module_names) | _SELF | set(local)
     dists = installed_distributions()
     pinned: dict[str, str] = {}
-    for module in sorted(set(modules) - skip):
+    for module in sorted(m for m in set(modules) - set(local) if is_third_party(m)):
         for dist in dists.get(module, []):
             try:
                 # Local labels (torch's '+cpu') are not on package indexes: pin the public part.
@@ -61,6 +68,12 @@ def pinned_requirements(modules: Iterable[str], *, local: Iterable[str] = ()) ->
             except importlib.metadata.PackageNotFoundError:
                 continue
     return pinned
+
+
+def unresolved_modules(modules: Iterable[str], *, local: Iterable[str] = ()) -> list[str]:
+    """The third-party modules in ``modules`` that no installed distribution provides."""
+    dists = installed_distributions()
+    return sorted(m for m in set(modules) - set(local) if is_third_party(m) and not dists.get(m))
 
 
 def merge_requirements(detected: dict[str, str], extra: Iterable[str]) -> list[str]:

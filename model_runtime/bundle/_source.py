@@ -6,8 +6,11 @@ source in :mod:`linecache`, which is what :func:`inspect.getsource` reads), and 
 those functions use from the notebook, found by walking their global names with
 :mod:`symtable`:
 
-* modules become ``import`` lines, objects of importable modules ``from ... import`` lines;
-* functions and classes defined interactively have their source captured in turn;
+* modules become ``import`` lines, objects of importable modules ``from ... import`` lines --
+  local modules (a ``mylib.py`` beside the notebook) included: the bundle gets a copy of them
+  (see :mod:`._local`);
+* functions and classes defined interactively, or in the service's own module, have their
+  source captured in turn, and the imports inside them are recorded as well;
 * models of the service, and torch modules, tensors or arrays the code refers to, become
   artifacts loaded with :func:`~model_runtime.artifacts.load_model`;
 * plain constants (numbers, strings, small containers of them) are written as literals.
@@ -35,7 +38,8 @@ from ..artifacts import Model, resolve_format, unwrap
 from ..errors import PackagingError
 from ..kinds import IOSpec
 from ..service import ApiSpec, Service
-from ._requirements import installed_distributions
+from ._local import local_source
+from ._requirements import installed_distributions, is_third_party, modules_imported_by
 
 _LITERAL_TYPES = (type(None), bool, int, float, complex, str, bytes)
 _MAX_LITERAL_CHARS = 10_000
@@ -56,17 +60,9 @@ def generate_service_module(svc: Service) -> GeneratedModule:
 
 
 def _is_installed(module_name: str) -> bool:
-    """True for the standard library and modules of installed distributions.
-
-    Objects from other modules (a ``mylib.py`` beside the notebook) are captured as source,
-    since the runtime will not have that file.
-    """
+    """True for the standard library and modules of installed distributions."""
     top = module_name.split(".")[0]
-    return (
-        top in sys.stdlib_module_names
-        or top in sys.builtin_module_names
-        or top in (installed_distributions())
-    )
+    return not is_third_party(top) or bool(installed_distributions().get(top))
 
 
 def _importable_as(obj: Any) -> tuple[str, str] | None:
@@ -228,6 +224,8 @@ class _Collector:
         self.model_classes: dict[str, str] = {}
         self.packages: set[str] = set()
         self.service_var = "service"
+        #: The top-level modules that define the API functions: the service's own code.
+        self.own_modules = {spec.func.__module__.split(".")[0] for spec in svc.apis.values()}
         self._visiting: set[int] = set()
         self._done: set[int] = set()
 
@@ -288,7 +286,7 @@ class _Collector:
             return
         importable = _importable_as(value)
         if isinstance(value, (types.FunctionType, type)) and (
-            importable is None or not _is_installed(importable[0])
+            importable is None or self._is_own_code(importable[0])
         ):
             self._capture(name, value, origin=origin)
             return
@@ -314,6 +312,19 @@ class _Collector:
             " a constant"
         )
 
+    def _is_own_code(self, module_name: str) -> bool:
+        """Whether objects of ``module_name`` are captured as source rather than imported.
+
+        Installed modules are imported. So are local ones, which the bundle will hold a copy
+        of, unless they are where the API functions themselves are defined: that module is
+        the service being packaged, not a library it uses. What is neither (the notebook's
+        ``__main__``, a file run under another name) exists nowhere else.
+        """
+        if _is_installed(module_name):
+            return False
+        top = module_name.split(".")[0]
+        return top in self.own_modules or local_source(top) is None
+
     def _import_module(self, name: str, module: types.ModuleType) -> None:
         module_name = module.__name__
         if module_name == "__main__":
@@ -338,6 +349,8 @@ class _Collector:
                 )
             source = _source_of_function(value)
             namespace = value.__globals__
+        # Imports inside the bodies (``def f(): import scipy.stats``) bind no global name.
+        self.packages |= modules_imported_by(source, origin=value.__qualname__)
         for dep in _global_names(source):
             if dep == value.__name__:
                 continue

@@ -1,16 +1,18 @@
-"""``export k8s`` (print or write Kubernetes manifests) and ``export gitlab-ci``.
+"""``export k8s`` (print or write Kubernetes manifests), ``export gitlab-ci`` and
+``containerize`` (an image build context with the bundle and its environment inside).
 
-Both describe one deployment of a stored model version with the options below and build
-the objects with :mod:`model_runtime.k8s`, exactly as the hub service's ``kubernetes``
-backend does. The version is pinned: a tag (``:latest``, ``:prod``) is resolved to its
-version in the store when the files are written, so every pod of the deployment serves the
-same bytes; an explicit version needs no store access at all.
+The export commands describe one deployment of a stored model version with the options below
+and build the objects with :mod:`model_runtime.k8s`, exactly as the hub service's
+``kubernetes`` backend does. The version is pinned: a tag (``:latest``, ``:prod``) is
+resolved to its version in the store when the files are written, so every pod of the
+deployment serves the same bytes; an explicit version needs no store access at all.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +22,26 @@ from ..k8s import (
     DEFAULT_IMAGE,
     DEFAULT_KUBECTL_IMAGE,
     Autoscale,
+    EnvPolicy,
     RuntimeTarget,
     build_manifests,
+    containerize_files,
     gitlab_files,
     object_files,
     to_yaml,
 )
+from ..k8s._containerize import BUNDLE_DIR
 from ..naming import ModelRef
 from ..store import default_owner, split_model_uri
-from ._common import emit, json_option, make_store, owner_option, store_options
+from ._common import (
+    emit,
+    json_option,
+    make_store,
+    owner_option,
+    progress_bar,
+    store_and_ref,
+    store_options,
+)
 
 #: Files ``export`` writes into a manifest directory (and replaces on the next export).
 _OBJECT_FILE_RE = re.compile(r"^\d\d-[a-z0-9-]+\.yaml$")
@@ -42,6 +55,62 @@ def _key_values(values: tuple[str, ...], hint: str) -> dict[str, str]:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=hint)
         result[key] = value
     return result
+
+
+def _env_policy_options(fn: Any) -> Any:
+    """The policy of ``hubserve env build``, with its flags' names (see ``hubserve env``)."""
+    options = [
+        click.option(
+            "--index-url",
+            default=None,
+            help="Package index for the environment [default: the image's pip configuration,"
+            " else PyPI].",
+        ),
+        click.option(
+            "--extra-index-url",
+            "extra_index_urls",
+            multiple=True,
+            help="Another package index (repeatable).",
+        ),
+        click.option(
+            "--find-links",
+            multiple=True,
+            metavar="PATH_OR_URL",
+            help="Wheels in this folder or at this URL (repeatable).",
+        ),
+        click.option(
+            "--no-index", is_flag=True, help="Install from --find-links only (air-gapped)."
+        ),
+        click.option("--allow-sdist", is_flag=True, help="Allow building source distributions."),
+        click.option(
+            "--allow", multiple=True, metavar="PKG", help="Only these packages may be added."
+        ),
+        click.option("--deny", multiple=True, metavar="PKG", help="Never install PKG."),
+        click.option(
+            "--max-env-size",
+            "max_env_bytes",
+            type=click.IntRange(1),
+            default=None,
+            metavar="BYTES",
+            help="Largest environment the build may make.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _env_policy(options: dict[str, Any]) -> EnvPolicy:
+    return EnvPolicy(
+        index_url=options["index_url"],
+        extra_index_urls=tuple(options["extra_index_urls"]),
+        find_links=tuple(options["find_links"]),
+        no_index=options["no_index"],
+        allow_sdist=options["allow_sdist"],
+        allow=tuple(options["allow"]),
+        deny=tuple(options["deny"]),
+        max_env_bytes=options["max_env_bytes"],
+    )
 
 
 def _target_options(fn: Any) -> Any:
@@ -117,28 +186,52 @@ def _target_options(fn: Any) -> Any:
             multiple=True,
             help="Secret for pulling a private image (repeatable).",
         ),
+        click.option(
+            "--environments/--no-environments",
+            default=True,
+            show_default=True,
+            help="Build the bundle's own environment in an init container and serve in it;"
+            " --no-environments: serve in the image's environment.",
+        ),
+        click.option(
+            "--env-cache-claim",
+            default=None,
+            metavar="CLAIM",
+            help="PersistentVolumeClaim (ReadWriteMany) that keeps environments across pods"
+            " [default: an emptyDir per pod].",
+        ),
+        click.option(
+            "--baked",
+            is_flag=True,
+            help="--image holds the bundle and its environment (`hubserve containerize`):"
+            " no init containers, no store access from the pods.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
-    return owner_option(store_options(fn))
+    return owner_option(store_options(_env_policy_options(fn)))
 
 
 def _resolve(ref: str, options: dict[str, Any]) -> tuple[str, ModelRef, str]:
-    """``(store URI, reference, version)`` for REF; tags are looked up in the store."""
+    """``(store URI, reference, version)`` for REF; tags are looked up in the store.
+
+    Pods pull from S3, so the store must be one, except for a baked image, which holds the
+    bundle: its store (any, or none with an explicit version) only pins and is recorded.
+    """
     uri = split_model_uri(ref)
     if uri is not None:
         location, model_ref = uri
     else:
         location = options.get("store") or ""
         model_ref = ModelRef.parse(ref, default_owner=options.get("owner") or default_owner())
-    if not location.startswith("s3://"):
+    if not options["baked"] and not location.startswith("s3://"):
         raise click.UsageError(
             "the cluster pulls the bundle from S3: give --store s3://bucket[/prefix]"
             " (or HUBSERVE_STORE), or REF as s3://bucket/owner/name:version"
         )
     version = model_ref.version
     if version is None:  # a tag: pin the version it points at now
-        version = make_store(options, location).stat(model_ref).version
+        version = make_store(options, location or None).stat(model_ref).version
     return location, model_ref, version
 
 
@@ -188,12 +281,16 @@ def _build_target(ref: str, options: dict[str, Any]) -> RuntimeTarget:
         extra_labels=_key_values(options["extra_labels"], "--label"),
         ingress_class=options["ingress_class"],
         image_pull_secrets=tuple(options["image_pull_secrets"]),
+        environments=options["environments"],
+        env_cache_claim=options["env_cache_claim"],
+        env_policy=_env_policy(options),
+        baked=options["baked"],
     )
 
 
 def target_args(target: RuntimeTarget) -> list[str]:
     """The ``export k8s`` options (after REF) that rebuild ``target`` for another version."""
-    args = ["--store", target.store_uri]
+    args = ["--store", target.store_uri] if target.store_uri else []
     if target.owner != target.model_owner:
         args += ["--deployment-owner", target.owner]
     if target.name != target.model_name:
@@ -231,6 +328,13 @@ def target_args(target: RuntimeTarget) -> list[str]:
         args += ["--label", f"{key}={value}"]
     for secret in target.image_pull_secrets:
         args += ["--image-pull-secret", secret]
+    if not target.environments:
+        args.append("--no-environments")
+    if target.env_cache_claim is not None:
+        args += ["--env-cache-claim", target.env_cache_claim]
+    args += target.env_policy.args()
+    if target.baked:
+        args.append("--baked")
     return args
 
 
@@ -278,7 +382,9 @@ def register_export_commands(cli: click.Group) -> None:
         s3://bucket[/prefix]/OWNER/NAME[:VERSION|TAG]; a tag is pinned to its version.
         The objects: a Deployment and a Service, plus an Ingress (--ingress-host) and a
         HorizontalPodAutoscaler (--autoscale). Apply them with `kubectl apply -f -`; the
-        namespace and the Secret named by --s3-secret must exist.
+        namespace and the Secret named by --s3-secret must exist. The pods pull the bundle
+        and build its environment in init containers (--no-environments: no environment;
+        --baked: neither, the image of `hubserve containerize` holds both).
         """
         target = _build_target(ref, options)
         manifests = build_manifests(target)
@@ -364,4 +470,58 @@ def register_export_commands(cli: click.Group) -> None:
             {"files": [str(p) for p in written], "object_name": target.object_name},
             as_json,
             lambda: click.echo("\n".join(f"wrote {p}" for p in written)),
+        )
+
+    @cli.command()
+    @click.argument("ref")
+    @click.option(
+        "-o",
+        "--output-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        required=True,
+        help="Directory for the build context (new or empty).",
+    )
+    @click.option(
+        "--image",
+        "base_image",
+        default=DEFAULT_IMAGE,
+        show_default=True,
+        help="Runtime image to build on (deploy/Containerfile --target runtime).",
+    )
+    @_env_policy_options
+    @owner_option
+    @store_options
+    @json_option
+    def containerize(
+        ref: str, output_dir: Path, base_image: str, as_json: bool, **options: Any
+    ) -> None:
+        """Write an image build context that serves REF with its environment built in.
+
+        REF is [OWNER/]NAME[:VERSION|TAG] (with --store) or a store URI, as for `hubserve
+        pull`. OUTPUT_DIR gets a Containerfile, the bundle (bundle/), a .containerignore and a
+        README. The image builds the environment with `hubserve env build` under the policy
+        options, which it keeps as HUBSERVE_ENV_* for `hubserve serve` (an index URL's
+        credentials stay visible in it); deploy it with `hubserve export k8s REF --image
+        IMAGE --baked`.
+        """
+        if output_dir.exists() and any(output_dir.iterdir()):
+            raise click.ClickException(f"{output_dir} is not empty")
+        policy = _env_policy(options)  # refused before anything is downloaded
+        store, model_ref = store_and_ref(ref, options)
+        with progress_bar(f"pull {model_ref}", enabled=not as_json) as progress:
+            pulled = store.pull(model_ref, progress=progress)
+        record = pulled.record
+        pinned = f"{record.owner}/{record.name}:{record.version}"
+        files = containerize_files(pinned, base_image=base_image, policy=policy)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(pulled.path, output_dir / BUNDLE_DIR)
+        for name, text in files.items():
+            (output_dir / name).write_text(text, encoding="utf-8")
+        emit(
+            {"directory": str(output_dir), "ref": pinned, "files": sorted(files)},
+            as_json,
+            lambda: click.echo(
+                f"wrote {output_dir} for {pinned}; build it with:"
+                f" podman build -t IMAGE {output_dir}"
+            ),
         )

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..envs import EnvironmentManager
 from ..errors import HubserveError
 from ._common import store_options
+from ._env_commands import env_policy_options, manager_from_options, prepare_for_bundle
+
+if TYPE_CHECKING:  # the runtime's imports (FastAPI, ...) cost time every other command saves
+    from ..runtime import RuntimeSettings
 
 
 def _read_secret(path: Path | None) -> str | None:
@@ -20,6 +26,39 @@ def _read_secret(path: Path | None) -> str | None:
     if not secret:
         raise click.BadParameter(f"{path} is empty", param_hint="--api-token-file")
     return secret
+
+
+def enter_environment(
+    mode: str, manager: EnvironmentManager, bundle: Path, settings: RuntimeSettings
+) -> None:
+    """Run the rest of ``serve`` in the bundle's environment.
+
+    An overlay goes first on ``sys.path`` (nothing of the bundle is imported yet). A full
+    environment has its own interpreter, so this process becomes a runtime under it: the
+    settings travel in the environment (``HUBSERVE_RUNTIME_LAUNCH``), never on the command
+    line, where the gateway's secret would be visible to every user of the machine.
+    """
+    if mode == "auto":
+        environment = prepare_for_bundle(manager, bundle)
+        site, python = environment.site, environment.python
+    else:
+        folder = Path(mode)
+        if not (folder / "env.json").is_file():
+            raise click.BadParameter(f"{folder} is not a built environment", param_hint="--env")
+        full = folder / "venv" / "bin" / "python"
+        site, python = (None, full) if full.exists() else (folder / "site", None)
+    if site is not None:
+        sys.path.insert(0, str(site))
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p
+        )
+    if python is not None:
+        from ..runtime import LAUNCH_ENV, launch_request
+
+        os.environ[LAUNCH_ENV] = launch_request(str(bundle), settings)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(python, [str(python), "-m", "model_runtime.runtime"])  # noqa: S606
 
 
 def register_serve_commands(cli: click.Group) -> None:
@@ -69,6 +108,16 @@ def register_serve_commands(cli: click.Group) -> None:
     )
     @click.option("--trust-pickle", is_flag=True, help="Allow pickled model artifacts.")
     @click.option("--access-log", is_flag=True, help="Log every request.")
+    @click.option(
+        "--env",
+        "env_mode",
+        default="auto",
+        show_default=True,
+        help="Where the bundle's code runs: auto (build or reuse the environment its"
+        " requirements need), none (this interpreter's environment as it is), or the folder"
+        " of a built environment.",
+    )
+    @env_policy_options
     @store_options
     def serve(
         source: str,
@@ -85,6 +134,7 @@ def register_serve_commands(cli: click.Group) -> None:
         job_locations: tuple[str, ...],
         trust_pickle: bool,
         access_log: bool,
+        env_mode: str,
         **store: Any,
     ) -> None:
         """Serve a bundle over HTTP until SIGTERM or Ctrl-C.
@@ -94,11 +144,12 @@ def register_serve_commands(cli: click.Group) -> None:
         """
         import os
 
-        from ..runtime import RuntimeSettings
+        from ..runtime import RuntimeSettings, bundle_directory
         from ..runtime import serve as run_server
 
         if (tls_cert is None) != (tls_key is None):
             raise click.UsageError("--tls-cert and --tls-key go together")
+        manager = manager_from_options(store)
         for key, value in store.items():  # the runtime reads store settings from the env
             if value is not None:
                 os.environ[f"HUBSERVE_{key.upper()}"] = str(value)
@@ -118,6 +169,9 @@ def register_serve_commands(cli: click.Group) -> None:
             "job_locations": list(job_locations) or None,
         }
         settings = RuntimeSettings(**{k: v for k, v in overrides.items() if v is not None})
+        if env_mode != "none":
+            source = str(bundle_directory(source, settings.cache_dir))
+            enter_environment(env_mode, manager, Path(source), settings)
         run_server(source, settings)
 
     @cli.command()

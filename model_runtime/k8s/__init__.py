@@ -14,7 +14,9 @@ The ``kubernetes`` deploy backend of the hub service and ``hubserve export k8s``
 
 The objects are plain JSON-able dicts (no Kubernetes library is imported), valid for
 Kubernetes 1.29 to 1.33. See :mod:`model_runtime.k8s._manifests` for what each holds and
-why, and :mod:`model_runtime.k8s._gitlab` for the GitLab pipeline.
+why, :mod:`model_runtime.k8s._gitlab` for the GitLab pipeline, and
+:mod:`model_runtime.k8s._containerize` for the image build context of ``hubserve
+containerize`` (bundle and environment in the image, for clusters that install nothing).
 """
 
 from __future__ import annotations
@@ -23,17 +25,23 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import _yaml
+from ._containerize import containerize_files
+from ._env_policy import EnvPolicy
+from ._errors import ManifestError
 from ._gitlab import DEFAULT_KUBECTL_IMAGE, gitlab_ci, gitlab_files, object_files
 from ._manifests import (
     BUNDLE_CACHE,
     CONTAINER_PORT,
     DEFAULT_IMAGE,
+    ENV_CONTAINER,
+    ENV_ROOT,
+    IMAGE_BUNDLE,
+    IMAGE_ENV_ROOT,
     PULL_CONTAINER,
     RUNTIME_CONTAINER,
     SERVICE_PORT,
     Autoscale,
     Manifest,
-    ManifestError,
     RuntimeTarget,
     build_autoscaler,
     build_deployment,
@@ -43,6 +51,7 @@ from ._manifests import (
     labels,
     object_annotations,
     selector,
+    serve_args,
 )
 from ._names import label_value, object_name
 
@@ -65,11 +74,16 @@ __all__ = [
     "CONTAINER_PORT",
     "DEFAULT_IMAGE",
     "DEFAULT_KUBECTL_IMAGE",
+    "ENV_CONTAINER",
+    "ENV_ROOT",
+    "IMAGE_BUNDLE",
+    "IMAGE_ENV_ROOT",
     "PULL_CONTAINER",
     "RUNTIME_CONTAINER",
     "SERVICE_PORT",
     "SUPPORTED_KUBERNETES_VERSIONS",
     "Autoscale",
+    "EnvPolicy",
     "Manifest",
     "ManifestError",
     "RuntimeTarget",
@@ -78,6 +92,7 @@ __all__ = [
     "build_ingress",
     "build_manifests",
     "build_service",
+    "containerize_files",
     "gitlab_ci",
     "gitlab_files",
     "label_value",
@@ -87,5 +102,6 @@ __all__ = [
     "object_name",
     "selector",
     "selector_string",
+    "serve_args",
     "to_yaml",
 ]

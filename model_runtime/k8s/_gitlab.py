@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _yaml
+from ._errors import ManifestError
 from ._manifests import Manifest, RuntimeTarget, build_manifests
 
 #: Image with ``sh`` and ``kubectl`` for the deploy and destroy jobs (a CI variable).
@@ -142,6 +143,11 @@ def gitlab_ci(
     push in a ``build`` job first; ``export_args`` are then the ``hubserve export k8s``
     options (after the reference) that regenerate ``k8s/`` for the new version.
     """
+    if build_source is not None and target.baked:
+        raise ManifestError(
+            "a build job pushes a new version, but a baked image serves the one built into"
+            " it: make a new image with `hubserve containerize` instead"
+        )
     obj = target.object_name
     environment = f"hubserve/{obj}"
     selector = _selector_arg(target)

@@ -3,16 +3,24 @@
 A deployment of ``owner``'s model ``name`` at ``version`` becomes, in one namespace:
 
 * a **Deployment** (``apps/v1``) whose pods pull the bundle from the store in an *init
-  container* (``hubserve pull`` into an ``emptyDir``, S3 credentials from a Secret) and then
-  run ``hubserve serve`` on it. Pods are ready when ``/readyz`` answers (model loaded and
-  warmed up) and restarted when ``/healthz`` stops answering; a startup probe gives slow
-  models time to load before liveness counts. Updates roll one new pod in before an old one
-  goes (``maxSurge`` 1, ``maxUnavailable`` 0), so a new version never lowers capacity;
+  container* (``hubserve pull`` into an ``emptyDir``, S3 credentials from a Secret), build or
+  reuse the environment the bundle was packaged for in a second one (``hubserve env build``
+  into the environment root, an ``emptyDir`` or a PersistentVolumeClaim that pods share), and
+  then run ``hubserve serve --env auto`` on it. Pods are ready when ``/readyz`` answers
+  (model loaded and warmed up) and restarted when ``/healthz`` stops answering; a startup
+  probe gives slow models time to load before liveness counts. Updates roll one new pod in
+  before an old one goes (``maxSurge`` 1, ``maxUnavailable`` 0), so a new version never
+  lowers capacity;
 * a **Service** (``ClusterIP``, port 80 to the pods' 8000): the address the hub service's
   gateway calls, ``http://<object name>.<namespace>.svc``; Kubernetes balances the pods;
 * optionally an **Ingress** (``networking.k8s.io/v1``) for a direct endpoint, with TLS from
   cert-manager when a ``ClusterIssuer`` is named;
 * optionally a **HorizontalPodAutoscaler** (``autoscaling/v2``) on CPU utilisation.
+
+With ``environments=False`` the pods skip the environment and serve in the image's own
+(``--env none``); with ``baked=True`` the image already holds the bundle and its environment
+(``hubserve containerize``), for clusters where pods may not fetch or install anything, and
+the pods have no init containers at all.
 
 Every object carries the labels of :func:`labels` (owner, model, version, generation,
 ``app.kubernetes.io/*``) and annotations with the exact, unmangled values. The pod template
@@ -37,6 +45,8 @@ from typing import Any
 from .._version import __version__
 from ..errors import HubserveError
 from ..naming import check_model_name, check_owner, check_version
+from ._env_policy import EnvPolicy
+from ._errors import ManifestError
 from ._names import (
     is_dns_label,
     is_dns_subdomain,
@@ -60,6 +70,13 @@ DEFAULT_AUTOSCALE_CPU = "250m"
 #: The main container's name (the backend reads its status and logs).
 RUNTIME_CONTAINER = "runtime"
 PULL_CONTAINER = "pull-bundle"
+#: The init container that builds (or finds) the bundle's environment.
+ENV_CONTAINER = "env"
+#: Where the environments live in a pod: a volume mounted in the env and runtime containers.
+ENV_ROOT = "/var/lib/hubserve/envs"
+#: Where ``hubserve containerize`` puts the bundle and its environment in an image.
+IMAGE_BUNDLE = "/opt/hubserve/bundle"
+IMAGE_ENV_ROOT = "/opt/hubserve/envs"
 
 LABEL_PREFIX = "hubserve.io"
 APP_NAME = "hubserve-runtime"
@@ -67,10 +84,6 @@ APP_NAME = "hubserve-runtime"
 # Kubernetes resource quantities: "500m", "2", "1.5", "512Mi", "1G", "1e3".
 _QUANTITY_RE = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][-+]?[0-9]+)?$")
 _BATCHING_LIMITS = {"max_batch_size": (1, 65536), "max_latency_ms": (0, 60_000)}
-
-
-class ManifestError(HubserveError, ValueError):
-    """The deployment cannot be expressed as valid Kubernetes objects (bad option values)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,15 @@ class RuntimeTarget:
     ``ingress_class`` its IngressClass); ``autoscale`` a HorizontalPodAutoscaler, which then
     owns the replica count (``replicas`` is not written). ``generation`` counts the changes
     the hub service made to the deployment; ``extra_labels`` go on every object.
+
+    ``environments`` runs the bundle in its own environment, built by an init container
+    under ``env_policy`` (index, allowed packages, size cap) in an ``emptyDir``, or in the
+    PersistentVolumeClaim ``env_cache_claim`` that every pod mounts: environments are keyed
+    by a hash of what they hold and built atomically under a lock, so pods (and deployments)
+    share them and only the first pod on a new requirement set waits for a build; the runtime
+    container mounts them read-only (model code cannot alter another deployment's). ``baked``
+    targets an image made by ``hubserve containerize``: bundle and environment are in it,
+    nothing is pulled or built, and ``store_uri`` is only recorded (it need not be S3).
     """
 
     owner: str
@@ -138,6 +160,10 @@ class RuntimeTarget:
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     ingress_class: str | None = None
     image_pull_secrets: tuple[str, ...] = ()
+    environments: bool = True
+    env_cache_claim: str | None = None
+    env_policy: EnvPolicy = field(default_factory=EnvPolicy)
+    baked: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -148,7 +174,7 @@ class RuntimeTarget:
             check_version(self.version)
         except HubserveError as exc:
             raise ManifestError(str(exc)) from None
-        if not re.match(r"^s3://[^/\s]+(/[^\s]*)?$", self.store_uri):
+        if not self.baked and not re.match(r"^s3://[^/\s]+(/[^\s]*)?$", self.store_uri):
             raise ManifestError(
                 f"store {self.store_uri!r}: a cluster pulls bundles from S3, give s3://bucket"
                 "[/prefix]"
@@ -192,6 +218,21 @@ class RuntimeTarget:
                 raise ManifestError(f"extra label {key}={value!r} is not a valid label")
             if key.startswith(f"{LABEL_PREFIX}/") or key.startswith("app.kubernetes.io/"):
                 raise ManifestError(f"extra label {key!r} would replace one of hubserve's")
+        self._check_environments()
+
+    def _check_environments(self) -> None:
+        claim = self.env_cache_claim
+        if claim is not None and not is_dns_subdomain(claim):
+            raise ManifestError(f"env cache claim {claim!r} is not a valid claim name")
+        if not self.environments and (claim is not None or not self.env_policy.is_default):
+            raise ManifestError(
+                "an env cache claim or environment policy needs environments (they are off)"
+            )
+        if self.baked and (claim is not None or not self.env_policy.is_default):
+            raise ManifestError(
+                "a baked image holds its environment already: give the environment policy"
+                " to `hubserve containerize`, and no env cache claim"
+            )
 
     @property
     def object_name(self) -> str:
@@ -279,13 +320,16 @@ def labels(target: RuntimeTarget) -> dict[str, str]:
 
 def object_annotations(target: RuntimeTarget) -> dict[str, str]:
     """The exact values the labels had to mangle, and where the bundle comes from."""
-    return {
+    annotations = {
         f"{LABEL_PREFIX}/owner": target.owner,
         f"{LABEL_PREFIX}/deployment": target.name,
         f"{LABEL_PREFIX}/model-ref": target.model_ref,
         f"{LABEL_PREFIX}/store": target.store_uri,
         f"{LABEL_PREFIX}/generation": str(target.generation),
     }
+    if not target.store_uri:  # a baked image made without a store
+        del annotations[f"{LABEL_PREFIX}/store"]
+    return annotations
 
 
 def _pod_labels(target: RuntimeTarget) -> dict[str, str]:
@@ -334,6 +378,21 @@ _CONTAINER_SECURITY = {
 }
 
 
+def serve_args(bundle: str, env_root: str | None) -> list[str]:
+    """``hubserve serve`` of a pod or an image: the bundle at ``bundle``, in its environment
+    under ``env_root`` (``None``: in the image's own environment), on the container port."""
+    env = ["--env", "auto", "--env-root", env_root] if env_root is not None else ["--env", "none"]
+    return [
+        "serve",
+        bundle,
+        *env,
+        "--host",
+        "0.0.0.0",  # noqa: S104 - inside the container: the Service must reach it
+        "--port",
+        str(CONTAINER_PORT),
+    ]
+
+
 def _runtime_env(target: RuntimeTarget) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         # torch threads: the CPUs of the limit (rounded up), or of the node without one;
@@ -351,9 +410,10 @@ def _runtime_env(target: RuntimeTarget) -> list[dict[str, Any]]:
             },
         },
         {"name": "HUBSERVE_RUNTIME_WORK_DIR", "value": "/tmp/hubserve"},
-        {"name": "HUBSERVE_CACHE", "value": BUNDLE_CACHE},
-        {"name": "HOME", "value": "/tmp"},
     ]
+    if not target.baked:
+        env.append({"name": "HUBSERVE_CACHE", "value": BUNDLE_CACHE})
+    env.append({"name": "HOME", "value": "/tmp"})
     if target.token_secret is not None:
         env.append(
             {
@@ -379,6 +439,10 @@ def _runtime_env(target: RuntimeTarget) -> list[dict[str, Any]]:
                 "value": json.dumps(list(target.job_locations)),
             }
         )
+    if target.environments:
+        # the same policy as the env container: serve finds the environment it built by a
+        # key that hashes the package sources
+        env += target.env_policy.env()
     return env
 
 
@@ -391,13 +455,8 @@ def _probe(path: str, *, period: int, failures: int, timeout: int = 2) -> dict[s
     }
 
 
-def build_deployment(target: RuntimeTarget) -> Manifest:
-    """The Deployment: init container pulls the bundle, the runtime serves it."""
-    resources = _resources(target)
-    volumes = [
-        {"name": "bundle", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
-    ]
+def _init_containers(target: RuntimeTarget, resources: dict[str, Any]) -> list[dict[str, Any]]:
+    """``hubserve pull`` of the bundle, then ``hubserve env build`` of its environment."""
     pull: dict[str, Any] = {
         "name": PULL_CONTAINER,
         "image": target.image,
@@ -417,60 +476,125 @@ def build_deployment(target: RuntimeTarget) -> Manifest:
     }
     if resources:
         pull["resources"] = resources
+    if not target.environments:
+        return [pull]
+    env: dict[str, Any] = {
+        "name": ENV_CONTAINER,
+        "image": target.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["hubserve"],
+        "args": ["env", "build", target.bundle_path],
+        "env": [
+            {"name": "HUBSERVE_ENV_ROOT", "value": ENV_ROOT},
+            {"name": "HOME", "value": "/tmp"},
+            *target.env_policy.env(),
+        ],
+        "volumeMounts": [
+            {"name": "bundle", "mountPath": BUNDLE_CACHE, "readOnly": True},
+            {"name": "envs", "mountPath": ENV_ROOT},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": _CONTAINER_SECURITY,
+        # a failed build's one-line reason (its last output) becomes the container's
+        # termination message, which the backend shows as the deployment's status
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if resources:
+        env["resources"] = resources
+    return [pull, env]
+
+
+def _volumes(target: RuntimeTarget) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [] if target.baked else [{"name": "bundle", "emptyDir": {}}]
+    volumes.append({"name": "tmp", "emptyDir": {}})
+    if target.environments and not target.baked:
+        if target.env_cache_claim is not None:
+            volumes.append(
+                {"name": "envs", "persistentVolumeClaim": {"claimName": target.env_cache_claim}}
+            )
+        else:
+            volumes.append({"name": "envs", "emptyDir": {}})
+    return volumes
+
+
+def _runtime_mounts(target: RuntimeTarget) -> list[dict[str, Any]]:
+    if target.baked:
+        return [{"name": "tmp", "mountPath": "/tmp"}]
+    mounts: list[dict[str, Any]] = [
+        {"name": "bundle", "mountPath": BUNDLE_CACHE, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if target.environments:
+        # read-only: the init container built the environment and reusing it writes nothing;
+        # model code must not alter what other pods (of other users, with a claim) run in
+        mounts.append({"name": "envs", "mountPath": ENV_ROOT, "readOnly": True})
+    return mounts
+
+
+def build_deployment(target: RuntimeTarget) -> Manifest:
+    """The Deployment: init containers pull the bundle and build its environment, the runtime
+    serves it (a baked image: the runtime alone)."""
+    resources = _resources(target)
+    if target.baked:
+        args = serve_args(IMAGE_BUNDLE, IMAGE_ENV_ROOT if target.environments else None)
+    else:
+        args = serve_args(target.bundle_path, ENV_ROOT if target.environments else None)
     runtime: dict[str, Any] = {
         "name": RUNTIME_CONTAINER,
         "image": target.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["hubserve"],
-        "args": [
-            "serve",
-            target.bundle_path,
-            "--host",
-            "0.0.0.0",  # noqa: S104 - inside the pod: the Service must reach it
-            "--port",
-            str(CONTAINER_PORT),
-        ],
+        "args": args,
         "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
         "env": _runtime_env(target),
         "startupProbe": _probe("/healthz", period=2, failures=90),
         "readinessProbe": _probe("/readyz", period=5, failures=3),
         "livenessProbe": _probe("/healthz", period=10, failures=3, timeout=5),
-        "volumeMounts": [
-            {"name": "bundle", "mountPath": BUNDLE_CACHE, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
+        "volumeMounts": _runtime_mounts(target),
         "securityContext": _CONTAINER_SECURITY,
     }
     if resources:
         runtime["resources"] = resources
+    security: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if target.environments and target.env_cache_claim is not None:
+        # without it, every pod start would chown every file of the shared cache
+        security["fsGroupChangePolicy"] = "OnRootMismatch"
     pod_spec: dict[str, Any] = {
         # The runtime never talks to the Kubernetes API, and the Service environment
         # variables (HUBSERVE_PORT=tcp://... for a Service named hubserve) only confuse it.
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "runAsGroup": 10001,
-            "fsGroup": 10001,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": security,
         # The runtime drains in-flight requests for up to 30 s after SIGTERM.
         "terminationGracePeriodSeconds": 45,
-        "initContainers": [pull],
-        "containers": [runtime],
-        "volumes": volumes,
-        "topologySpreadConstraints": [
-            {
-                "maxSkew": 1,
-                "topologyKey": "kubernetes.io/hostname",
-                "whenUnsatisfiable": "ScheduleAnyway",
-                "labelSelector": {"matchLabels": selector(target.owner, target.name)},
-            }
-        ],
     }
+    if not target.baked:
+        pod_spec["initContainers"] = _init_containers(target, resources)
+    pod_spec.update(
+        {
+            "containers": [runtime],
+            "volumes": _volumes(target),
+            "topologySpreadConstraints": [
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": selector(target.owner, target.name)},
+                }
+            ],
+        }
+    )
     if target.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in target.image_pull_secrets]
+    template_annotations = {f"{LABEL_PREFIX}/model-ref": target.model_ref}
+    if target.store_uri:
+        template_annotations[f"{LABEL_PREFIX}/store"] = target.store_uri
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector(target.owner, target.name)},
         "strategy": {
@@ -480,13 +604,7 @@ def build_deployment(target: RuntimeTarget) -> Manifest:
         "revisionHistoryLimit": 5,
         "progressDeadlineSeconds": 600,
         "template": {
-            "metadata": {
-                "labels": _pod_labels(target),
-                "annotations": {
-                    f"{LABEL_PREFIX}/model-ref": target.model_ref,
-                    f"{LABEL_PREFIX}/store": target.store_uri,
-                },
-            },
+            "metadata": {"labels": _pod_labels(target), "annotations": template_annotations},
             "spec": pod_spec,
         },
     }

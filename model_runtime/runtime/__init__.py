@@ -8,16 +8,28 @@ it in-process); :func:`serve` is what ``hubserve serve`` runs. See :mod:`._app` 
 from ._app import create_app
 from ._locations import JobLocations
 from ._runtime import Runtime
-from ._server import build_app, load_service, serve
+from ._server import (
+    LAUNCH_ENV,
+    build_app,
+    bundle_directory,
+    launch_request,
+    load_service,
+    serve,
+    serve_launch_request,
+)
 from ._settings import BatchingOverride, RuntimeSettings
 
 __all__ = [
+    "LAUNCH_ENV",
     "BatchingOverride",
     "JobLocations",
     "Runtime",
     "RuntimeSettings",
     "build_app",
+    "bundle_directory",
     "create_app",
+    "launch_request",
     "load_service",
     "serve",
+    "serve_launch_request",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from types import FrameType
 import uvicorn
 from starlette.types import ASGIApp
 
-from ..bundle import load_bundle
+from ..bundle import load_bundle, unpack_bundle
 from ..errors import HubserveError
 from ..naming import ModelRef
 from ..service import Service
@@ -34,18 +35,33 @@ from ._settings import RuntimeSettings
 log = logging.getLogger("hubserve.runtime")
 
 SOURCE_ENV = "HUBSERVE_RUNTIME_SOURCE"
+#: ``python -m model_runtime.runtime`` serves the ``{"source", "settings"}`` JSON found here
+#: (how a bundle's separate environment starts a runtime, secrets off the command line).
+LAUNCH_ENV = "HUBSERVE_RUNTIME_LAUNCH"
 
 
-def load_service(source: str, settings: RuntimeSettings) -> Service:
-    """Load a bundle from a directory, an archive, or a store reference/URI."""
+def launch_request(source: str, settings: RuntimeSettings) -> str:
+    """What :func:`serve_launch_request` needs, as JSON (secrets included, in clear)."""
+    data = settings.model_dump(mode="json", exclude_unset=True)
+    if settings.api_token is not None:
+        data["api_token"] = settings.api_token.get_secret_value()
+    return json.dumps({"source": source, "settings": data})
+
+
+def serve_launch_request() -> None:
+    """Serve what :data:`LAUNCH_ENV` describes; the variable is dropped first, so the model's
+    code and its subprocesses never see the secret in it."""
+    request = json.loads(os.environ.pop(LAUNCH_ENV))
+    serve(str(request["source"]), RuntimeSettings(**request["settings"]))
+
+
+def bundle_directory(source: str, cache_dir: str | Path | None = None) -> Path:
+    """The unpacked bundle of a directory, an archive, or a store reference/URI."""
     path = Path(source).expanduser()
-    if path.exists():
-        return load_bundle(
-            path,
-            trust_pickle=settings.trust_pickle,
-            device=settings.device,
-            cache_dir=settings.cache_dir,
-        )
+    if path.is_dir():
+        return path
+    if path.is_file():
+        return unpack_bundle(path, cache_dir=cache_dir)
     if source.startswith(("/", ".", "~")) or source.endswith((".tar.gz", ".tgz")):
         raise HubserveError(f"no bundle at {path}: not a bundle directory or archive")
     uri = split_model_uri(source)
@@ -53,8 +69,16 @@ def load_service(source: str, settings: RuntimeSettings) -> Service:
         store, ref = open_store(uri[0]), uri[1]
     else:
         store, ref = open_store(), ModelRef.parse(source)
-    pulled = store.pull(ref, cache_dir=settings.cache_dir)
-    return load_bundle(pulled.path, trust_pickle=settings.trust_pickle, device=settings.device)
+    return store.pull(ref, cache_dir=cache_dir).path
+
+
+def load_service(source: str, settings: RuntimeSettings) -> Service:
+    """Load a bundle from a directory, an archive, or a store reference/URI."""
+    return load_bundle(
+        bundle_directory(source, settings.cache_dir),
+        trust_pickle=settings.trust_pickle,
+        device=settings.device,
+    )
 
 
 def _configure_torch(threads: int) -> None:

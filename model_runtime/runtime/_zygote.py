@@ -15,8 +15,21 @@ new session, reset signal handlers, write to their own log file and never return
 zygote's loop; they are not the zygote's to supervise (their caller watches them by pid and
 health checks), so the zygote lets the kernel reap them.
 
-Protocol: one JSON line per connection, ``{"source", "settings", "env", "log_file"}``;
-the reply is ``{"pid": N}`` or ``{"error": "..."}``.
+Protocol: one JSON line per connection, ``{"source", "settings", "env", "log_file",
+"sys_path", "warm_key", "preload"}``; the reply is ``{"pid": N}`` or ``{"error": "..."}``.
+``sys_path`` lists folders the child puts first on its path before the bundle is loaded: a
+bundle's overlay of extra packages (:mod:`model_runtime.envs`), which keeps the zygote's warm
+torch.
+
+**Warm launchers.** An overlay's own packages still cost their import in every replica
+(scikit-learn and SciPy: about a second here). With ``warm_key`` (the environment's key) and
+``preload`` (its top-level modules), the first launch forks a replica as usual and, beside
+it, a *warm launcher*: a child zygote with the overlay on its path and those modules
+imported, serving launch requests on a socket of its own. Later launches for that key are
+forwarded to it, so their replicas start with the environment's imports done. At most
+:data:`MAX_WARM` live at once (the least recently used is stopped); one that cannot start
+(a module fails to import, or leaves threads behind) is never tried again, and launches for
+its key fork from the zygote itself.
 """
 
 from __future__ import annotations
@@ -31,7 +44,9 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -57,6 +72,8 @@ PRELOAD = (
     "model_runtime.runtime",
 )
 _MAX_REQUEST = 1024 * 1024
+#: Warm launchers alive at once (each holds its environment's modules in memory).
+MAX_WARM = 4
 
 
 class ZygoteError(HubserveError):
@@ -88,9 +105,17 @@ def run_zygote(socket_path: Path, *, exit_with_parent: bool = False) -> None:
     With ``exit_with_parent``, also stop when the process that started the zygote is gone
     (checked every second), so a supervisor that is killed leaves no launcher behind.
     """
-    parent = os.getppid()
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # in case numpy is not imported yet
     loaded = preload()
+    _freeze()
+    warm = _WarmLaunchers(socket_path.parent / f"{socket_path.stem}-warm")
+    try:
+        _serve(socket_path, exit_with_parent, warm, f"{len(loaded)} modules preloaded")
+    finally:
+        warm.stop_all()
+
+
+def _freeze() -> None:
     gc.collect()
     gc.freeze()
     if _os_threads() > 1:
@@ -98,6 +123,12 @@ def run_zygote(socket_path: Path, *, exit_with_parent: bool = False) -> None:
             "the zygote has background threads after importing its modules, so forking it is"
             " unsafe; start it with OPENBLAS_NUM_THREADS=1 (hubserve zygote does)"
         )
+
+
+def _serve(
+    socket_path: Path, exit_with_parent: bool, warm: _WarmLaunchers | None, what: str
+) -> None:
+    parent = os.getppid()
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()
@@ -120,7 +151,7 @@ def run_zygote(socket_path: Path, *, exit_with_parent: bool = False) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"hubserve zygote ready on {socket_path} ({len(loaded)} modules preloaded)", flush=True)
+    print(f"hubserve zygote ready on {socket_path} ({what})", flush=True)
     try:
         while not stopping:
             try:
@@ -133,18 +164,28 @@ def run_zygote(socket_path: Path, *, exit_with_parent: bool = False) -> None:
                 break  # closed by stop()
             conn.settimeout(None)
             with conn:
-                _serve_one(conn, server)
+                _serve_one(conn, server, warm)
     finally:
         server.close()
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
 
 
-def _serve_one(conn: socket.socket, server: socket.socket) -> None:
+def _serve_one(conn: socket.socket, server: socket.socket, warm: _WarmLaunchers | None) -> None:
     try:
         request = _read_request(conn)
-        pid = os.fork()
     except (ValueError, OSError) as exc:
+        _reply(conn, {"error": str(exc)})
+        return
+    key = request.get("warm_key")
+    if warm is not None and isinstance(key, str) and key:
+        forwarded = warm.launch(key, request)
+        if forwarded is not None:
+            _reply(conn, {"pid": forwarded})
+            return
+    try:
+        pid = os.fork()
+    except OSError as exc:
         _reply(conn, {"error": str(exc)})
         return
     if pid == 0:  # the child: never returns
@@ -152,6 +193,115 @@ def _serve_one(conn: socket.socket, server: socket.socket) -> None:
         conn.close()
         _become_runtime(request)
     _reply(conn, {"pid": pid})
+    if warm is not None and isinstance(key, str) and key:
+        warm.start(key, request, (server, conn))
+
+
+@dataclass
+class _Warm:
+    pid: int
+    socket_path: Path
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class _WarmLaunchers:
+    """The zygote's warm launchers by environment key (see the module docstring)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.live: dict[str, _Warm] = {}
+        self.failed: set[str] = set()
+
+    def launch(self, key: str, request: dict[str, Any]) -> int | None:
+        """A replica forked by ``key``'s warm launcher, or None (none ready, or it failed)."""
+        warm = self.live.get(key)
+        if warm is None:
+            return None
+        if not _alive(warm.pid):
+            del self.live[key]
+            self.failed.add(key)  # it died on its own: its imports do not fork safely
+            return None
+        if not warm.socket_path.exists():
+            return None  # still importing: this launch forks from the zygote
+        forwarded = {k: v for k, v in request.items() if k not in ("warm_key", "preload")}
+        try:
+            reply = _exchange(warm.socket_path, forwarded, timeout=10.0)
+        except ZygoteError:
+            self._stop(key)
+            self.failed.add(key)
+            return None
+        if "pid" not in reply:
+            return None
+        warm.last_used = time.monotonic()
+        return int(reply["pid"])
+
+    def start(
+        self, key: str, request: dict[str, Any], inherited: tuple[socket.socket, ...]
+    ) -> None:
+        """Fork ``key``'s warm launcher (unless it runs, or failed before); ``inherited``:
+        the zygote's sockets, which the launcher closes."""
+        if key in self.live or key in self.failed:
+            return
+        while len(self.live) >= MAX_WARM:
+            self._stop(min(self.live, key=lambda k: self.live[k].last_used))
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.directory / f"{key[:24]}.sock"
+        paths = [str(p) for p in request.get("sys_path") or []]
+        modules = [str(m) for m in request.get("preload") or []]
+        try:
+            pid = os.fork()
+        except OSError:
+            self.failed.add(key)
+            return
+        if pid == 0:
+            for sock in inherited:
+                sock.close()
+            _become_warm_launcher(path, paths, modules)
+        self.live[key] = _Warm(pid, path)
+
+    def _stop(self, key: str) -> None:
+        warm = self.live.pop(key)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(warm.pid, signal.SIGTERM)
+
+    def stop_all(self) -> None:
+        for key in list(self.live):
+            self._stop(key)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _become_warm_launcher(socket_path: Path, paths: list[str], modules: list[str]) -> None:
+    """The child zygote of one environment: its path, its imports, its own socket."""
+    code = 0
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        _add_to_path(paths)
+        for name in modules:
+            with contextlib.suppress(Exception):  # a module that fails now fails in the replica
+                importlib.import_module(name)
+        _freeze()
+        _serve(socket_path, True, None, f"warm for {len(modules)} modules")
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _add_to_path(paths: list[str]) -> None:
+    new = [p for p in paths if p not in sys.path]
+    if new:
+        sys.path[0:0] = new
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [*new, *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
 
 
 def _read_line(conn: socket.socket) -> bytes:
@@ -193,6 +343,7 @@ def _become_runtime(request: dict[str, Any]) -> None:
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
+        _add_to_path([str(p) for p in request.get("sys_path") or []])
         from . import RuntimeSettings, serve
 
         settings = RuntimeSettings(**(request.get("settings") or {}))
@@ -218,15 +369,34 @@ def spawn(
     log_file: Path,
     settings: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
+    sys_path: list[str] | None = None,
+    warm_key: str | None = None,
+    preload: list[str] | None = None,
     timeout: float = 10.0,
 ) -> int:
-    """Ask the zygote at ``socket_path`` to launch a runtime; return the runtime's pid."""
-    message = {
+    """Ask the zygote at ``socket_path`` to launch a runtime; return the runtime's pid.
+
+    ``warm_key`` and ``preload`` (an overlay's key and modules) let the zygote keep a warm
+    launcher for that environment (see the module docstring).
+    """
+    message: dict[str, Any] = {
         "source": source,
         "settings": settings or {},
         "env": env or {},
         "log_file": str(log_file),
+        "sys_path": sys_path or [],
     }
+    if warm_key:
+        message["warm_key"] = warm_key
+        message["preload"] = preload or []
+    reply = _exchange(socket_path, message, timeout)
+    if "error" in reply:
+        raise ZygoteError(f"the zygote refused to launch {source}: {reply['error']}")
+    return int(reply["pid"])
+
+
+def _exchange(socket_path: Path, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """One request and its reply on a zygote's socket."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout)
@@ -239,6 +409,6 @@ def spawn(
         reply = json.loads(data)
     except json.JSONDecodeError:
         raise ZygoteError("the zygote closed the connection without an answer") from None
-    if "error" in reply:
-        raise ZygoteError(f"the zygote refused to launch {source}: {reply['error']}")
-    return int(reply["pid"])
+    if not isinstance(reply, dict):
+        raise ZygoteError("the zygote answered something that is not a reply")
+    return reply

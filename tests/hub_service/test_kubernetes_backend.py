@@ -37,7 +37,7 @@ from hub_service.backends.kubernetes import (
     pod_problem,
 )
 from model_runtime import S3Store
-from model_runtime.k8s import object_name
+from model_runtime.k8s import ENV_CONTAINER, ENV_ROOT, PULL_CONTAINER, EnvPolicy, object_name
 from model_runtime.naming import ModelRef
 from model_runtime.store import LocalStore
 from model_runtime.testing.s3server import S3Server
@@ -604,13 +604,65 @@ def test_start_while_the_api_is_down(fake: FakeKubernetes, tmp_path: Path) -> No
 # -- settings, messages, wiring --------------------------------------------------------------------
 
 
+def test_pods_build_environments_under_the_service_policy(
+    fake: FakeKubernetes, tmp_path: Path
+) -> None:
+    policy = EnvPolicy(index_url="https://pypi.example.org/simple", deny=("tensorflow",))
+
+    def pod_of(backend: KubernetesBackend) -> dict[str, Any]:
+        deployment = backend.manifests(spec())[1]
+        assert deployment["kind"] == "Deployment"
+        pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
+        return pod
+
+    async def scenario() -> None:
+        settings = k8s_settings(fake, tmp_path, env_cache_claim="hubserve-envs")
+        backend = KubernetesBackend(settings, "s3://models", env_policy=policy)
+        await backend.start([])
+        try:
+            await backend.apply(spec())
+            stored = fake.get("deployments", NS, OBJ)
+            assert stored is not None
+            pod = stored["spec"]["template"]["spec"]
+            assert pod == pod_of(backend)
+            assert [c["name"] for c in pod["initContainers"]] == [PULL_CONTAINER, ENV_CONTAINER]
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            assert volumes["envs"]["persistentVolumeClaim"] == {"claimName": "hubserve-envs"}
+            for container in (pod["initContainers"][1], pod["containers"][0]):
+                env = {e["name"]: e.get("value") for e in container["env"]}
+                assert env["HUBSERVE_ENV_INDEX_URL"] == "https://pypi.example.org/simple"
+                assert json.loads(env["HUBSERVE_ENV_DENY"]) == ["tensorflow"]
+            assert pod["containers"][0]["args"][2:6] == ["--env", "auto", "--env-root", ENV_ROOT]
+        finally:
+            await backend.aclose()
+        # environments off: the pods of before them, the claim unused
+        off = KubernetesBackend(settings, "s3://models", env_policy=None)
+        try:
+            pod = pod_of(off)
+            assert [c["name"] for c in pod["initContainers"]] == [PULL_CONTAINER]
+            assert "envs" not in {v["name"] for v in pod["volumes"]}
+            assert pod["containers"][0]["args"][2:4] == ["--env", "none"]
+        finally:
+            await off.aclose()
+
+    run(scenario)
+
+
+def test_a_bad_environment_setting_stops_the_start(fake: FakeKubernetes, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="env cache claim"):
+        KubernetesBackend(k8s_settings(fake, tmp_path, env_cache_claim="Envs"), "s3://models")
+
+
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HUBSERVE_K8S_NAMESPACE", "team-a")
     monkeypatch.setenv("HUBSERVE_K8S_INGRESS_HOST", "{name}-{owner}.models.example.org")
     monkeypatch.setenv("HUBSERVE_K8S_AUTOSCALE_MAX", "4")
+    monkeypatch.setenv("HUBSERVE_K8S_ENV_CACHE_CLAIM", "hubserve-envs")
     settings = KubernetesSettings()
     assert settings.namespace == "team-a"
     assert settings.autoscale_max == 4
+    assert settings.env_cache_claim == "hubserve-envs"
+    assert KubernetesSettings(env_cache_claim="").env_cache_claim is None
     assert settings.host_for("Bob", "iris") == "iris-bob.models.example.org"
     with pytest.raises(ValueError, match="only use"):
         KubernetesSettings(ingress_host="{name}.{namespace}.example.org")
@@ -637,11 +689,31 @@ def test_make_backend_builds_the_kubernetes_backend(
     settings = HubServiceSettings(
         data_dir=tmp_path / "data", backend="kubernetes", store="s3://models/team"
     )
+    monkeypatch.setenv("HUBSERVE_ENV_FIND_LINKS", '["/srv/wheels"]')
+    monkeypatch.setenv("HUBSERVE_ENV_NO_INDEX", "true")
+    monkeypatch.setenv("HUBSERVE_ENV_DENY", '["tensorflow"]')
+    settings = HubServiceSettings(
+        data_dir=tmp_path / "data", backend="kubernetes", store="s3://models/team"
+    )
     backend = make_backend(settings, local)
     assert isinstance(backend, KubernetesBackend)
     assert backend.settings.namespace == NS
     assert backend.store_uri == "s3://models/team"
     assert backend.host == fake.url
+    assert backend.env_policy == EnvPolicy(
+        find_links=("/srv/wheels",),
+        no_index=True,
+        deny=("tensorflow",),
+        max_env_bytes=settings.env_max_env_bytes,
+    )
+    asyncio.run(backend.aclose())
+    monkeypatch.setenv("HUBSERVE_ENV_ENABLED", "false")
+    settings = HubServiceSettings(
+        data_dir=tmp_path / "data", backend="kubernetes", store="s3://models/team"
+    )
+    backend = make_backend(settings, local)
+    assert isinstance(backend, KubernetesBackend)
+    assert backend.env_policy is None
     asyncio.run(backend.aclose())
 
 
@@ -701,6 +773,32 @@ def test_messages_for_people() -> None:
     }
     expected = 'FailedCreate: pods "x" is forbidden: exceeded quota: compute'
     assert deployment_problem(quota) == expected
+    # a failed environment build: its last output line is the termination message
+    build = {
+        "spec": {"containers": [{"name": "runtime"}]},
+        "status": {
+            "initContainerStatuses": [
+                {"name": "pull-bundle", "state": {"terminated": {"exitCode": 0}}},
+                {
+                    "name": "env",
+                    "restartCount": 1,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {
+                        "terminated": {
+                            "exitCode": 1,
+                            "reason": "Error",
+                            "message": "Error: tensorflow is on the deny list\n",
+                        }
+                    },
+                },
+            ]
+        },
+    }
+    problem = pod_problem(build)
+    assert problem is not None
+    assert problem.startswith("init container env: CrashLoopBackOff")
+    assert problem.endswith("tensorflow is on the deny list")
+    assert _log_source(build) == ("env", True)
 
 
 # -- the whole service -----------------------------------------------------------------------------

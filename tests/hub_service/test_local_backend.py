@@ -7,10 +7,18 @@ crash loops with backoff, store failures, large streamed bodies, header hygiene.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +30,18 @@ from starlette.testclient import TestClient
 from hub_service._settings import HubServiceSettings
 from hub_service.app import create_app
 from hub_service.auth import HubUser
-from hub_service.backends.local import LocalBackend, LocalBackendSettings
+from hub_service.backends.local import (
+    OWNER_ENV,
+    LocalBackend,
+    LocalBackendSettings,
+    _free_port,
+)
 from hub_service.db import Database
 from hub_service.gateway import upstream_headers
-from model_runtime import build_bundle
+from model_runtime import PackagingWarning, Service, build_bundle
+from model_runtime.envs import EnvironmentManager, EnvironmentPolicy
 from model_runtime.store import LocalStore
+from tests.model_runtime.wheelhouse import Dist, build_wheelhouse
 
 REPO = Path(__file__).resolve().parents[2]
 SINK_SERVICE = REPO / "tests/model_runtime/runtime/kitchen_sink_service.py"
@@ -41,7 +56,11 @@ def iris_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _client(
-    tmp_path: Path, store: LocalStore, job_locations: list[str] | None = None, **backend: Any
+    tmp_path: Path,
+    store: LocalStore,
+    job_locations: list[str] | None = None,
+    environments: EnvironmentManager | None = None,
+    **backend: Any,
 ) -> TestClient:
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps({"alice-token-123": {"name": "alice"}}))
@@ -53,6 +72,7 @@ def _client(
         settings.data_dir,
         LocalBackendSettings(health_interval=0.2, **backend),
         job_locations=settings.job_locations,
+        environments=environments,
     )
     return TestClient(create_app(settings, store=store, backend=local))
 
@@ -297,3 +317,126 @@ def test_user_job_locations_give_each_caller_their_own_folder(tmp_path: Path) ->
             np.testing.assert_array_equal(
                 np.load(root / name / "out" / "a" / "inverted.npy"), -np.ones(2)
             )
+
+
+@contextlib.contextmanager
+def _serving(folder: Path, port: int) -> Iterator[None]:
+    """``folder`` over HTTP on ``port`` (a wheelhouse as a find-links page)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_environment_waits_for_the_package_index(tmp_path: Path) -> None:
+    """A bundle needing a package the service lacks: while the (air-gapped) wheelhouse is
+    unreachable the deployment is failed with that one line and no replica; once it answers,
+    the environment is built (an overlay) and the model answers from it."""
+    wheels = build_wheelhouse(tmp_path / "wheels", [Dist("hubserve-envtest", "1.5")])
+    svc = Service("needs-extra")
+
+    @svc.api(input="json", output="json")
+    def version(_: object) -> str:
+        import hubserve_envtest
+
+        return str(hubserve_envtest.VERSION)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PackagingWarning)  # the module is not installed here
+        built = build_bundle(svc, output_dir=tmp_path, requirements=["hubserve-envtest==1.5"])
+    store = LocalStore(tmp_path / "store")
+    store.push(built.archive, owner="alice")
+    port = _free_port()
+    policy = EnvironmentPolicy(
+        find_links=(f"http://127.0.0.1:{port}/",), no_index=True, use_pip_config=False
+    )
+    manager = EnvironmentManager(tmp_path / "envs", policy)
+    with _client(tmp_path, store, environments=manager) as client:
+        response = client.post(
+            f"{PREFIX}/api/deployments", json={"model": "needs-extra"}, headers=ALICE
+        )
+        assert response.status_code == 201, response.text
+        failed = _wait(client, lambda s: s["phase"] == "failed", name="needs-extra")
+        assert failed["message"].startswith("environment: the package index is not reachable")
+        assert failed["replicas"] == []
+        assert not list((tmp_path / "envs" / "envs").glob("*"))
+        with _serving(wheels, port):
+            ready = _wait(client, lambda s: s["phase"] == "ready", timeout=90, name="needs-extra")
+            response = client.post(f"{PREFIX}/d/alice/needs-extra/version", json={}, headers=ALICE)
+    assert response.status_code == 200, response.text
+    assert response.json() == "1.5"
+    assert ready["environment"]["kind"] == "overlay"
+    assert ready["environment"]["packages"] == {"hubserve-envtest": "1.5"}
+
+
+@pytest.mark.parametrize("use_zygote", [False, True], ids=["serve", "zygote"])
+def test_a_crash_shows_its_exception(tmp_path: Path, use_zygote: bool) -> None:
+    """A replica that dies while loading its bundle: the status names the exception's last
+    line (what the user can act on), not just that the process exited."""
+    source = tmp_path / "broken"
+    source.mkdir()
+    (source / "service.py").write_text(
+        "from model_runtime import api\n"
+        "if __name__.startswith('hubserve_bundle_'):  # loaded by a runtime, not packaging\n"
+        "    raise FileNotFoundError('weights.bin is missing from the bundle')\n"
+        "@api(input='json', output='json')\n"
+        "def echo(x):\n"
+        "    return x\n"
+    )
+    store = LocalStore(tmp_path / "store")
+    store.push(build_bundle(source, output_dir=tmp_path / "build").archive, owner="alice")
+    with _client(tmp_path, store, use_zygote=use_zygote) as client:
+        response = client.post(f"{PREFIX}/api/deployments", json={"model": "broken"}, headers=ALICE)
+        assert response.status_code == 201, response.text
+        failed = _wait(client, lambda s: s["phase"] == "failed", name="broken")
+    assert failed["message"].startswith("exited"), failed
+    assert failed["message"].endswith(
+        "FileNotFoundError: weights.bin is missing from the bundle"
+    ), failed
+
+
+def _orphan(owner: Path) -> int:
+    """A process marked as ``owner``'s backend whose parent is gone (as after a crash)."""
+    script = f"{sys.executable} -c 'import time; time.sleep(120)' >/dev/null 2>&1 & echo $!"
+    done = subprocess.run(
+        ["sh", "-c", script],
+        env={**os.environ, OWNER_ENV: str(owner)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout.strip())
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def test_unrecorded_processes_of_an_earlier_run_are_stopped(
+    tmp_path: Path, store: LocalStore
+) -> None:
+    """A service killed between launching a replica and writing its state file leaves a
+    process nobody knows; the next start finds it by its mark and stops it."""
+    leftover = _orphan(tmp_path / "data" / "local")
+    other = _orphan(tmp_path / "another" / "local")
+    try:
+        with _client(tmp_path, store) as client:
+            assert client.get(f"{PREFIX}/healthz").status_code == 200
+            deadline = time.monotonic() + 30
+            while _running(leftover):
+                assert time.monotonic() < deadline, "the leftover was not stopped"
+                time.sleep(0.1)
+            assert _running(other)
+    finally:
+        for pid in (leftover, other):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -1,4 +1,5 @@
-"""Fixtures for the model_runtime tests: notebooks, torch models, stores (local and S3)."""
+"""Fixtures for the model_runtime tests: notebooks, torch models, stores (local and S3), and
+scikit-learn installed aside."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from model_runtime import BuiltBundle, LocalStore, S3Store, Store, build_bundle
 from model_runtime.testing.s3server import S3Server
+from tests.extra_packages import SKLEARN, extra_site
 
 from .notebook import Notebook
 
@@ -67,6 +69,12 @@ def cnn_notebook(notebook: Notebook) -> Notebook:
     for cell in CNN_CELLS:
         notebook.run(cell)
     return notebook
+
+
+@pytest.fixture(scope="session")
+def sklearn_site() -> Path:
+    """A directory with scikit-learn and skops, for ``PYTHONPATH`` (see tests/extra_packages)."""
+    return extra_site(SKLEARN)
 
 
 @pytest.fixture

@@ -8,10 +8,18 @@ import { formatAge } from '../format';
 import { type HubserveModel, type ILogsState, keyOf } from '../model';
 import { endpointOf, makeSnippets } from '../snippets';
 
-const PHASES = new Set(['ready', 'progressing', 'degraded', 'failed', 'stopped']);
+/** CSS class suffix of each phase (class names hold no spaces). */
+const PHASES = new Map([
+  ['preparing environment', 'preparing'],
+  ['ready', 'ready'],
+  ['progressing', 'progressing'],
+  ['degraded', 'degraded'],
+  ['failed', 'failed'],
+  ['stopped', 'stopped']
+]);
 
 export function StatusBadge(props: { phase: string; message?: string | null }): JSX.Element {
-  const phase = PHASES.has(props.phase) ? props.phase : 'unknown';
+  const phase = PHASES.get(props.phase) ?? 'unknown';
   return (
     <span
       className={`jp-Hubserve-badge jp-Hubserve-badge-${phase}`}
@@ -243,6 +251,18 @@ export function DeploymentItem(props: {
       {status.message && (
         <div className="jp-Hubserve-statusMessage" data-testid="hubserve-status-message">
           {status.message}
+        </div>
+      )}
+      {status.environment && status.environment.kind !== 'runtime' && (
+        <div
+          className="jp-Hubserve-muted jp-Hubserve-environment"
+          data-testid="hubserve-environment"
+          title={Object.entries(status.environment.packages)
+            .map(([name, version]) => `${name} ${version}`)
+            .join('\n')}
+        >
+          {status.environment.kind === 'overlay' ? 'environment: overlay' : 'environment: separate'}{' '}
+          ({status.environment.reason})
         </div>
       )}
       <div className="jp-Hubserve-url">

@@ -33,6 +33,7 @@ from model_runtime._version import __version__
 from model_runtime.cli import cli
 from model_runtime.cli._export_commands import target_args
 from model_runtime.k8s import (
+    ManifestError,
     RuntimeTarget,
     build_manifests,
     gitlab_ci,
@@ -42,7 +43,15 @@ from model_runtime.k8s import (
 )
 from tests.k8s_fake import FakeKubernetes
 
-from .test_manifests import GOLDEN, IMAGE, VERSION, full_target, minimal_target
+from .test_manifests import (
+    GOLDEN,
+    IMAGE,
+    VERSION,
+    baked_target,
+    full_target,
+    minimal_target,
+    plain_target,
+)
 
 OTHER_VERSION = "20261201T090000000Z-0badcafe"
 REF = f"alice/iris:{VERSION}"
@@ -117,6 +126,16 @@ def test_export_k8s_writes_files_and_replaces_stale_ones(tmp_path: Path) -> None
         (["--store", "s3://m", "--label", "nokey"], 2, "KEY=VALUE"),
         (["--store", "s3://m", "--namespace", "Bad"], 1, "namespace 'Bad'"),
         (["--store", "s3://m", "--tls-issuer", "le"], 1, "needs an ingress host"),
+        (["--store", "s3://m", "--env-cache-claim", "Envs"], 1, "env cache claim 'Envs'"),
+        (
+            ["--store", "s3://m", "--no-environments", "--env-cache-claim", "envs"],
+            1,
+            "needs environments",
+        ),
+        (["--store", "s3://m", "--no-environments", "--deny", "x"], 1, "needs environments"),
+        (["--store", "s3://m", "--deny", "a b"], 1, "deny 'a b' is not a package name"),
+        (["--store", "s3://m", "--max-env-size", "0"], 2, "--max-env-size"),
+        (["--store", "s3://m", "--baked", "--index-url", "https://x"], 1, "containerize"),
     ],
 )
 def test_export_k8s_errors_are_one_clean_line(
@@ -171,7 +190,14 @@ def test_tags_are_pinned_and_the_init_container_unpacks_where_serve_looks(
 
 
 def test_target_args_rebuild_the_same_target() -> None:
-    for target in (minimal_target(), full_target(), full_target(autoscale=None, replicas=0)):
+    for target in (
+        minimal_target(),
+        full_target(),
+        full_target(autoscale=None, replicas=0),
+        baked_target(),
+        baked_target(store_uri="", environments=False),
+        plain_target(),
+    ):
         ref = f"{target.model_owner}/{target.model_name}:{target.version}"
         rebuilt = json.loads(invoke("export", "k8s", ref, *target_args(target), "--json").stdout)
         assert rebuilt == build_manifests(target)
@@ -269,6 +295,29 @@ def test_gitlab_ci_is_valid_and_deploys_then_destroys(make: Any, build: bool) ->
             f'hubserve export k8s "{target.model_owner}/{target.model_name}:$MODEL_TAG"'
         )
         assert export.endswith("--omit-namespace --output-dir k8s")
+
+
+def test_gitlab_ci_deploys_a_baked_image_but_builds_none(tmp_path: Path) -> None:
+    target = baked_target()
+    files = gitlab_files(target, export_args=target_args(target))
+    check_gitlab_schema(yaml.safe_load(files[".gitlab-ci.yml"]))
+    deployment = yaml.safe_load(files["k8s/01-deployment.yaml"])
+    assert "initContainers" not in deployment["spec"]["template"]["spec"]
+    with pytest.raises(ManifestError, match="hubserve containerize"):
+        gitlab_ci(target, build_source="service.py")
+    result = invoke(
+        "export",
+        "gitlab-ci",
+        REF,
+        "--baked",
+        "--dir",
+        str(tmp_path / "r"),
+        "--build",
+        "x.py",
+        ok=False,
+    )
+    assert result.exit_code == 1 and "baked image serves the one built" in result.output
+    assert not (tmp_path / "r").exists()
 
 
 def test_gitlab_golden_file() -> None:

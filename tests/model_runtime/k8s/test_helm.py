@@ -50,9 +50,10 @@ EXTERNAL = {
         "tlsIssuer": "letsencrypt",
         "autoscale": {"min": 1, "max": 4, "cpuPercent": 70},
         "resources": {"cpu": "500m", "memory": "1Gi", "cpuLimit": "2", "memoryLimit": "2Gi"},
+        "envCacheClaim": "hubserve-envs",
     },
     "networkPolicy": {"enabled": True},
-    "extraEnv": {"HUBSERVE_POSITIVE_TTL": "30"},
+    "extraEnv": {"HUBSERVE_POSITIVE_TTL": "30", "HUBSERVE_ENV_DENY": '["tensorflow"]'},
     "imagePullSecrets": [{"name": "registry"}],
 }
 POSTGRES = {
@@ -255,6 +256,8 @@ def test_every_setting_is_one_the_service_reads(
     if values == "external":
         assert (k8s.autoscale_min, k8s.autoscale_max, k8s.autoscale_cpu) == (1, 4, 70)
         assert k8s.host_for("alice", "iris") == "iris-alice.models.example.org"
+        assert k8s.env_cache_claim == "hubserve-envs"
+        assert service.env_deny == ["tensorflow"]
         assert service.public_url == "https://hub.example.org"
         assert service.hub_host == "https://hub.example.org"
     else:

@@ -30,8 +30,14 @@ from hypothesis import strategies as st
 
 from model_runtime.k8s import (
     BUNDLE_CACHE,
+    ENV_CONTAINER,
+    ENV_ROOT,
+    IMAGE_BUNDLE,
+    IMAGE_ENV_ROOT,
+    PULL_CONTAINER,
     SUPPORTED_KUBERNETES_VERSIONS,
     Autoscale,
+    EnvPolicy,
     ManifestError,
     RuntimeTarget,
     build_manifests,
@@ -92,12 +98,40 @@ def full_target(**changes: Any) -> RuntimeTarget:
         "generation": 4,
         "extra_labels": {"team": "astro", "example.org/cost-center": "42"},
         "image_pull_secrets": ("registry-creds",),
+        "env_cache_claim": "hubserve-envs",
+        "env_policy": POLICY,
     }
     base.update(changes)
     return RuntimeTarget(**base)
 
 
-VARIANTS = {"minimal": minimal_target, "full": full_target}
+POLICY = EnvPolicy(
+    index_url="https://pypi.example.org/simple",
+    extra_index_urls=("https://download.pytorch.org/whl/cpu", "https://x.example.org/s"),
+    find_links=("/srv/wheels",),
+    allow_sdist=True,
+    allow=("scikit-learn", "pandas"),
+    deny=("tensorflow",),
+    max_env_bytes=2 * 1024**3,
+)
+
+
+def baked_target(**changes: Any) -> RuntimeTarget:
+    """An image made by ``hubserve containerize``: bundle and environment inside."""
+    return minimal_target(baked=True, image="registry.example.org/models/iris:v1", **changes)
+
+
+def plain_target(**changes: Any) -> RuntimeTarget:
+    """Environments off: the pods of before environments existed (with ``--env none``)."""
+    return minimal_target(environments=False, **changes)
+
+
+VARIANTS = {
+    "minimal": minimal_target,
+    "full": full_target,
+    "baked": baked_target,
+    "no-environments": plain_target,
+}
 
 
 def by_kind(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -261,13 +295,16 @@ def test_deployment_pulls_then_serves_the_pinned_version() -> None:
         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
     }
     pod = spec["template"]["spec"]
-    (pull,) = pod["initContainers"]
+    pull, _ = pod["initContainers"]
     (runtime,) = pod["containers"]
     assert pull["args"] == ["pull", f"s3://models/team-a/alice/iris_v2.1:{VERSION}"]
     assert pull["envFrom"] == [{"secretRef": {"name": "store-keys"}}]
     assert runtime["args"][:2] == ["serve", target.bundle_path]
     assert target.bundle_path.startswith(BUNDLE_CACHE + "/")
-    assert runtime["args"][2:] == ["--host", "0.0.0.0", "--port", "8000"]  # noqa: S104
+    assert runtime["args"][2:] == [
+        *("--env", "auto", "--env-root", ENV_ROOT),
+        *("--host", "0.0.0.0", "--port", "8000"),  # noqa: S104
+    ]
     env = {e["name"]: e for e in runtime["env"]}
     assert env["HUBSERVE_RUNTIME_API_TOKEN"]["valueFrom"] == {
         "secretKeyRef": {"name": "hs-iris-token", "key": "token"}
@@ -367,6 +404,8 @@ def test_pod_template_changes_only_when_replicas_must_restart() -> None:
     assert template(minimal_target(generation=7, replicas=5)) == base
     assert template(minimal_target(version="20270101T000000000Z-00000000")) != base
     assert template(minimal_target(cpu="1")) != base
+    assert template(minimal_target(env_policy=EnvPolicy(deny=("torch",)))) != base
+    assert template(minimal_target(env_cache_claim="envs")) != base
 
 
 @pytest.mark.parametrize(
@@ -394,6 +433,11 @@ def test_pod_template_changes_only_when_replicas_must_restart() -> None:
         ({"extra_labels": {"bad key!": "x"}}, "extra label"),
         ({"extra_labels": {"app.kubernetes.io/name": "x"}}, "replace one of hubserve's"),
         ({"image_pull_secrets": ("Bad",)}, "image pull secret"),
+        ({"env_cache_claim": "Bad_Claim"}, "env cache claim 'Bad_Claim'"),
+        ({"environments": False, "env_cache_claim": "envs"}, "needs environments"),
+        ({"environments": False, "env_policy": EnvPolicy(deny=("x",))}, "needs environments"),
+        ({"baked": True, "env_cache_claim": "envs"}, "baked image holds its environment"),
+        ({"baked": True, "env_policy": EnvPolicy(allow_sdist=True)}, "hubserve containerize"),
     ],
 )
 def test_bad_options_are_refused_with_a_clear_message(
@@ -404,12 +448,143 @@ def test_bad_options_are_refused_with_a_clear_message(
 
 
 @pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"index_url": ""}, "index URL '' is not a location"),
+        ({"extra_index_urls": ("https://a\tb",)}, "extra index URL"),
+        ({"find_links": ("/srv/wheels\n",)}, "find-links location"),
+        ({"allow": ("scikit learn",)}, "allow 'scikit learn' is not a package name"),
+        ({"deny": ("-torch",)}, "deny '-torch'"),
+        ({"max_env_bytes": 0}, "max_env_bytes"),
+        ({"no_index": True}, "no index needs find-links"),
+    ],
+)
+def test_bad_environment_policies_are_refused(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ManifestError, match=message):
+        EnvPolicy(**changes)
+
+
+@pytest.mark.parametrize(
     ("kwargs", "message"),
     [((0, 2, 50), "min_replicas"), ((3, 2, 50), "max_replicas"), ((1, 2, 0), "cpu_percent")],
 )
 def test_bad_autoscale_is_refused(kwargs: tuple[int, int, int], message: str) -> None:
     with pytest.raises(ManifestError, match=message):
         Autoscale(*kwargs)
+
+
+# -- environments ----------------------------------------------------------------------------
+
+
+def pod_of(target: RuntimeTarget) -> dict[str, Any]:
+    spec: dict[str, Any] = build_manifests(target)[0]["spec"]["template"]["spec"]
+    return spec
+
+
+def test_an_init_container_builds_the_environment_the_runtime_serves_in() -> None:
+    target = full_target()
+    pod = pod_of(target)
+    pull, env = pod["initContainers"]
+    (runtime,) = pod["containers"]
+    assert (pull["name"], env["name"]) == (PULL_CONTAINER, ENV_CONTAINER)
+    assert env["command"] == ["hubserve"]
+    assert env["args"] == ["env", "build", target.bundle_path]
+    assert {"name": "HUBSERVE_ENV_ROOT", "value": ENV_ROOT} in env["env"]
+    assert runtime["args"][:5] == ["serve", target.bundle_path, "--env", "auto", "--env-root"]
+    assert runtime["args"][5] == ENV_ROOT
+    # the same image, limits and confinement as the pull; the bundle only read
+    for key in ("image", "imagePullPolicy", "resources", "securityContext"):
+        assert env[key] == pull[key], key
+    assert "envFrom" not in env  # the store's keys stay with the pull
+    mounts = {m["name"]: m for m in env["volumeMounts"]}
+    assert mounts["bundle"] == {"name": "bundle", "mountPath": BUNDLE_CACHE, "readOnly": True}
+    assert mounts["envs"] == {"name": "envs", "mountPath": ENV_ROOT}
+    # model code cannot alter an environment (shared, with a claim, by other users' pods)
+    assert {"name": "envs", "mountPath": ENV_ROOT, "readOnly": True} in runtime["volumeMounts"]
+    # a failed build's reason reaches the pod status (and so the deployment's message)
+    assert env["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    # the cache claim is shared by every pod, without a chown of it at each start
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["envs"]["persistentVolumeClaim"] == {"claimName": "hubserve-envs"}
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+
+
+def test_the_policy_reaches_both_containers_as_the_cli_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both containers get the same ``HUBSERVE_ENV_*`` (the environment's key depends on the
+    package sources), in the format the service's own settings read them."""
+    from hub_service._settings import HubServiceSettings
+
+    target = full_target(env_policy=dataclasses.replace(POLICY, no_index=True))
+    pull, env = pod_of(target)["initContainers"]
+    runtime = pod_of(target)["containers"][0]
+    policy = [
+        e
+        for e in env["env"]
+        if e["name"].startswith("HUBSERVE_ENV_") and e["name"] != "HUBSERVE_ENV_ROOT"
+    ]
+    assert len(policy) == 8
+    assert [e for e in runtime["env"] if e["name"].startswith("HUBSERVE_ENV_")] == policy
+    assert not any(e["name"].startswith("HUBSERVE_ENV_") for e in pull["env"])
+    for name in [v for v in os.environ if v.startswith("HUBSERVE_")]:
+        monkeypatch.delenv(name)
+    for item in policy:
+        monkeypatch.setenv(item["name"], item["value"])
+    parsed = HubServiceSettings()
+    assert parsed.env_index_url == POLICY.index_url
+    assert tuple(parsed.env_extra_index_urls) == POLICY.extra_index_urls
+    assert tuple(parsed.env_find_links) == POLICY.find_links
+    assert parsed.env_no_index is True
+    assert parsed.env_allow_sdist is True
+    assert tuple(parsed.env_allow) == POLICY.allow
+    assert tuple(parsed.env_deny) == POLICY.deny
+    assert parsed.env_max_env_bytes == POLICY.max_env_bytes
+
+
+def test_environments_default_to_an_empty_dir_and_no_policy() -> None:
+    pod = pod_of(minimal_target())
+    assert [c["name"] for c in pod["initContainers"]] == [PULL_CONTAINER, ENV_CONTAINER]
+    assert {"name": "envs", "emptyDir": {}} in pod["volumes"]
+    assert "fsGroupChangePolicy" not in pod["securityContext"]
+    for container in [*pod["initContainers"], *pod["containers"]]:
+        assert not any(
+            e["name"].startswith("HUBSERVE_ENV_") and e["name"] != "HUBSERVE_ENV_ROOT"
+            for e in container["env"]
+        )
+
+
+def test_without_environments_the_pod_is_the_one_before_them() -> None:
+    pod = pod_of(plain_target())
+    before = pod_of(minimal_target())
+    (pull,) = pod["initContainers"]
+    assert pull == before["initContainers"][0]
+    assert pod["volumes"] == [{"name": "bundle", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    runtime = pod["containers"][0]
+    assert runtime["args"] == [
+        *("serve", plain_target().bundle_path, "--env", "none"),
+        *("--host", "0.0.0.0", "--port", "8000"),  # noqa: S104
+    ]
+    assert [m["name"] for m in runtime["volumeMounts"]] == ["bundle", "tmp"]
+
+
+def test_a_baked_image_runs_alone() -> None:
+    """No init container, no store access: the image holds bundle and environment."""
+    target = baked_target(store_uri="")
+    deployment = build_manifests(target)[0]
+    pod = deployment["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {}}]
+    (runtime,) = pod["containers"]
+    assert runtime["image"] == "registry.example.org/models/iris:v1"
+    assert runtime["args"][:5] == ["serve", IMAGE_BUNDLE, "--env", "auto", "--env-root"]
+    assert runtime["args"][5] == IMAGE_ENV_ROOT
+    assert runtime["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert "HUBSERVE_CACHE" not in {e["name"] for e in runtime["env"]}
+    assert "hubserve.io/store" not in deployment["metadata"]["annotations"]
+    assert "hubserve.io/store" not in deployment["spec"]["template"]["metadata"]["annotations"]
+    off = pod_of(baked_target(environments=False))["containers"][0]
+    assert off["args"][:4] == ["serve", IMAGE_BUNDLE, "--env", "none"]
 
 
 # -- the objects in an API server (the recording fake) ---------------------------------------

@@ -97,3 +97,55 @@ def test_unreachable_zygote_and_malformed_requests(zygote: Path, tmp_path: Path)
         conn.sendall(b'{"nope": 1}\n')
         reply = json.loads(conn.recv(4096))
     assert "launch request" in reply["error"]
+
+
+def _ready(port: int, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.post(f"http://127.0.0.1:{port}/predict", json=ROWS.tolist()).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.02)
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_warm_launcher_per_environment(
+    zygote: Path, sink_bundle: BuiltBundle, tmp_path: Path
+) -> None:
+    """The first launch for an overlay forks from the zygote and starts a warm launcher with
+    the overlay's modules imported; later launches for that key come from it."""
+    site = tmp_path / "site"
+    (site / "hubserve_warmtest").mkdir(parents=True)
+    imports = tmp_path / "imports.txt"
+    (site / "hubserve_warmtest" / "__init__.py").write_text(
+        f"import os\nwith open({str(imports)!r}, 'a') as f:\n    f.write(f'{{os.getpid()}}\\n')\n"
+    )
+    launch = {"sys_path": [str(site)], "warm_key": "k" * 24, "preload": ["hubserve_warmtest"]}
+    pids = []
+    for attempt in range(2):
+        port = free_port()
+        log = tmp_path / f"{attempt}.log"
+        pids.append(
+            spawn(zygote, str(sink_bundle.archive), log_file=log, settings={"port": port}, **launch)
+        )
+        _ready(port, log)
+        if attempt == 0:
+            warm_socket = zygote.parent / "zygote-warm" / f"{'k' * 24}.sock"
+            deadline = time.monotonic() + 30
+            while not warm_socket.exists():
+                assert time.monotonic() < deadline, "no warm launcher"
+                time.sleep(0.05)
+    warm_pid = int(imports.read_text().split()[0])
+    assert imports.read_text().split() == [str(warm_pid)]  # imported once, in the launcher
+    assert _parent(pids[0]) != warm_pid
+    assert _parent(pids[1]) == warm_pid
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+        assert _gone(pid)
+    os.kill(warm_pid, 0)  # alive until the zygote stops (the fixture checks the rest)
