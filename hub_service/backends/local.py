@@ -48,8 +48,8 @@ How a deployment runs here:
   are alive and answer with their deployment's secret, and stops those of deployments that
   are gone, and any process marked as this backend's (``HUBSERVE_LOCAL_BACKEND`` in its
   environment) that no state file names: a replica launched just before a crash, an old
-  zygote or warm launcher. A graceful stop of the service stops its replicas (and the zygote, which also
-  exits by itself when the service dies).
+  zygote or warm launcher. A graceful stop of the service stops its replicas (and the
+  zygote, which also exits by itself when the service dies).
 
 The local backend isolates nothing: replicas run as the service's OS user. It is meant for one
 machine and trusted users; use the Kubernetes backend for multi-tenant clusters.
