@@ -109,6 +109,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from model_runtime.k8s import (
+    ENV_CONTAINER,
     Autoscale,
     EnvPolicy,
     RuntimeTarget,
@@ -358,6 +359,14 @@ def pod_problem(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
+def building_environment(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod's environment init container is building the bundle's environment."""
+    return any(
+        init.get("name") == ENV_CONTAINER and _get(init, "state", "running") is not None
+        for init in _get(pod, "status", "initContainerStatuses") or []
+    )
+
+
 def _pod_ready(pod: Mapping[str, Any]) -> tuple[bool, datetime | None]:
     for condition in _get(pod, "status", "conditions") or []:
         if condition.get("type") == "Ready":
@@ -558,7 +567,8 @@ class KubernetesBackend(Backend):
     def _status(self, record: _Deployment) -> DeploymentStatus:
         """Phases: ``ready`` when the Deployment rolled out the current spec and every pod
         of it is ready; ``failed`` (no ready pod) or ``degraded`` (some) when something
-        went wrong — the message says what; ``stopped`` at zero replicas; else
+        went wrong — the message says what; ``stopped`` at zero replicas; ``preparing
+        environment`` while a pod's init container builds the bundle's environment; else
         ``progressing``."""
         spec = record.spec
         replicas = sorted(
@@ -583,6 +593,13 @@ class KubernetesBackend(Backend):
             phase = "ready"
         elif message is not None:
             phase = "degraded" if ready else "failed"
+        elif building := [
+            _pod_name(pod)
+            for pod in record.pods
+            if building_environment(pod) and not _terminating(pod)
+        ]:
+            phase = "preparing environment"
+            message = f"preparing environment: building it in pod {building[0]}"
         else:
             phase = "progressing"
         return DeploymentStatus(

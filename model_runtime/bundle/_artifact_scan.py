@@ -50,7 +50,15 @@ def artifact_modules(path: Path, fmt: str) -> set[str]:
 def artifact_references(path: Path, fmt: str) -> set[str]:
     """The modules (full dotted names) loading the artifact imports, ``__main__`` aside."""
     if fmt == "pickle":
-        references = {module for module, _ in pickle_globals(path)}
+        found = pickle_globals(path)
+        notebook = sorted(name for module, name in found if module == "__main__")
+        if notebook:
+            raise PackagingError(
+                f"{path.name} holds {', '.join(notebook)}, defined in the notebook itself:"
+                " a runtime cannot unpickle them. Define them in a module beside the notebook"
+                " (it is copied into the bundle) and import them from there"
+            )
+        references = {module for module, _ in found}
     elif fmt == "skops":
         references = _skops_modules(path)
     else:

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -198,6 +199,12 @@ class EnvironmentManager:
                 shutil.rmtree(path, ignore_errors=True)
                 total -= size
                 removed.append(key)
+        if total > limit and (self.root / "uv-cache").is_dir():
+            # Still too big: what is left is mostly uv's cache. Pruning drops what no
+            # environment links to any more, and is safe beside a running build.
+            with contextlib.suppress(EnvBuildError, OSError):
+                (self.root / "logs").mkdir(parents=True, exist_ok=True)
+                self._uv(["cache", "prune"], self.root, self.root / "logs" / "gc.log")
         return removed
 
     # -- building ---------------------------------------------------------------------------
@@ -284,21 +291,20 @@ class EnvironmentManager:
         say(f"resolving {len(wanted)} requirement(s) against the runtime's packages")
         common = ["pip", "compile", "requested.txt", "--python", sys.executable, "--quiet"]
         common += ["--no-header", "--no-annotate", *sources.uv_arguments()]
+        # The runtime's own packages as candidates, metadata only: an air-gapped wheelhouse
+        # (or an index without torch's local '+cpu' build) need not hold what is installed.
+        stubs = _runtime_stubs(building / "runtime-stubs", sorted(runtime_closure()))
+        pinned = ["--constraint", "runtime-pins.txt", "--find-links", stubs, "-o", "lock.txt"]
         try:
-            self._uv(
-                [*common, "--constraint", "runtime-pins.txt", "-o", "lock.txt"],
-                building,
-                log,
-                sources,
-            )
-        except EnvBuildError as pinned:
-            if not pinned.reason.startswith("unresolvable"):
+            self._uv([*common, *pinned], building, log, sources)
+        except EnvBuildError as beside:
+            if not beside.reason.startswith("unresolvable"):
                 raise
             # Resolvable on its own, not beside the runtime: a separate environment it is.
             self._uv([*common, "-o", "lock-alone.txt"], building, log, sources)
-            say(f"needs a separate environment: {pinned.reason}")
+            say(f"needs a separate environment: {beside.reason}")
             raise _NeedsSeparateEnvironment(
-                "conflicts with the runtime's own packages: " + pinned.reason
+                "conflicts with the runtime's own packages: " + beside.reason
             ) from None
         locked = _read_lock(building / "lock.txt")
         for name in locked:
@@ -362,6 +368,8 @@ class EnvironmentManager:
             "UV_CACHE_DIR": str(self.root / "uv-cache"),
             "UV_PYTHON_DOWNLOADS": "never",
             "UV_NO_PROGRESS": "1",
+            # The admin's policy is the whole truth: no uv.toml of the host adds sources.
+            "UV_NO_CONFIG": "1",
             "NO_COLOR": "1",
         }
         if sources is not None and sources.cert:
@@ -461,6 +469,30 @@ def _uv_binary() -> str:
             raise EnvBuildError("uv is not installed: pip install uv") from None
         return found
     return str(find_uv_bin())
+
+
+def _runtime_stubs(folder: Path, names: Iterable[str]) -> str:
+    """Wheels holding only the metadata of the runtime's installed distributions ``names``,
+    for the resolver to pick them at their installed versions; never installed (the overlay
+    leaves out what the runtime has). Returns the folder, for ``--find-links``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        try:
+            dist = importlib.metadata.distribution(name)
+            metadata = dist.read_text("METADATA")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if not metadata:
+            continue
+        stem = f"{canonicalize_name(name).replace('-', '_')}-{dist.version}"
+        info = f"{stem}.dist-info"
+        with zipfile.ZipFile(folder / f"{stem}-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(f"{info}/METADATA", metadata)
+            wheel.writestr(
+                f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+            )
+            wheel.writestr(f"{info}/RECORD", "")
+    return str(folder)
 
 
 def _read_lock(path: Path) -> dict[str, str]:

@@ -32,6 +32,7 @@ from hub_service.backends._k8s_settings import KubernetesSettings
 from hub_service.backends.kubernetes import (
     KubernetesBackend,
     _log_source,
+    building_environment,
     deployment_problem,
     describe,
     pod_problem,
@@ -799,6 +800,17 @@ def test_messages_for_people() -> None:
     assert problem.startswith("init container env: CrashLoopBackOff")
     assert problem.endswith("tensorflow is on the deny list")
     assert _log_source(build) == ("env", True)
+    assert not building_environment(build)
+    running = {
+        "status": {
+            "initContainerStatuses": [
+                {"name": "pull-bundle", "state": {"terminated": {"exitCode": 0}}},
+                {"name": "env", "state": {"running": {"startedAt": "2026-12-07T20:00:00Z"}}},
+            ]
+        }
+    }
+    assert building_environment(running)
+    assert pod_problem(running) is None
 
 
 # -- the whole service -----------------------------------------------------------------------------

@@ -398,3 +398,26 @@ def test_skops_format_without_skops_is_a_clear_error(tmp_path: Path) -> None:
     svc = Service("no-skops", models={"m": Model({"a": 1}, format="skops")}, apis=[echo])
     with pytest.raises(ArtifactError, match="needs the skops package"):
         build_bundle(svc, output_dir=tmp_path)
+
+
+class _NotebookScaler:
+    """Stands for a class defined in a notebook cell (its module is ``__main__``)."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+
+
+def test_a_pickle_of_a_notebook_class_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unpickling ``__main__.X`` fails in any runtime: say so at packaging, not at deploy."""
+    monkeypatch.setattr(_NotebookScaler, "__module__", "__main__")
+    monkeypatch.setattr(sys.modules["__main__"], "_NotebookScaler", _NotebookScaler, raising=False)
+    svc = Service("scaler", models={"scaler": Model(_NotebookScaler(2.0), format="pickle")})
+
+    @svc.api(input="json", output="json")
+    def scale(x: float) -> float:
+        return x
+
+    with pytest.raises(PackagingError, match="_NotebookScaler, defined in the notebook itself"):
+        build_bundle(svc, output_dir=tmp_path, trust_pickle=True)

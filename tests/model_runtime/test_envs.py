@@ -41,6 +41,8 @@ from .wheelhouse import Dist, build_wheelhouse
 A = "hubserve-testpkg-a"
 B = "hubserve-testpkg-b"
 CONFLICT = "hubserve-testpkg-conflict"
+#: Needs numpy and packaging, which the runtime has and the wheelhouse does not.
+USES_RUNTIME = "hubserve-testpkg-uses-runtime"
 SDIST = "hubserve-testpkg-sdist"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,6 +58,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
             # needs an older version of a package the runtime itself imports
             Dist(CONFLICT, "1.0", requires=("packaging<20",)),
             Dist("packaging", "19.0"),
+            Dist(USES_RUNTIME, "1.0", requires=("numpy>=1.20", "packaging>=20")),
         ],
         sdists=[Dist(SDIST, "1.0")],
     )
@@ -249,6 +252,15 @@ def test_overlay_is_built_from_the_wheelhouse_and_importable(
     version_a, version_b, where = done.stdout.split()
     assert (version_a, version_b) == ("2.0", "1.0")
     assert Path(where).is_relative_to(env.site)
+
+
+def test_overlay_resolves_against_the_runtime_without_its_wheels(
+    manager: EnvironmentManager,
+) -> None:
+    """Air-gapped: the wheelhouse holds the bundle's package, not numpy or packaging, which
+    the runtime has installed; the resolver takes those as installed and installs neither."""
+    env = manager.prepare([USES_RUNTIME])
+    assert (env.kind, env.packages) == ("overlay", {USES_RUNTIME: "1.0"})
 
 
 def test_overlay_honours_the_requested_versions(manager: EnvironmentManager) -> None:
