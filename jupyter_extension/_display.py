@@ -104,6 +104,16 @@ def model_ref(dep: Deployment) -> str:
 # -- deployments --------------------------------------------------------------------------------
 
 
+def environment_text(dep: Deployment) -> str | None:
+    """The bundle's own environment in a line (None: it runs in the service's as it is)."""
+    environment = dep.status.environment
+    if environment is None or environment.kind == "runtime":
+        return None
+    packages = ", ".join(f"{n} {v}" for n, v in sorted(environment.packages.items()))
+    label = "overlay" if environment.kind == "overlay" else "separate environment"
+    return f"{label} ({environment.reason}): {packages}"
+
+
 def deployment_text(dep: Deployment) -> str:
     status = dep.status
     lines = [
@@ -113,6 +123,9 @@ def deployment_text(dep: Deployment) -> str:
     ]
     if status.message:
         lines.append(f"  message:  {status.message}")
+    environment = environment_text(dep)
+    if environment:
+        lines.append(f"  environment: {environment}")
     for api in dep.apis:
         batch = ", batchable" if api.batchable else ""
         lines.append(f"  api {api.name}: {api.input} -> {api.output}{batch}")
@@ -135,6 +148,9 @@ def deployment_html(dep: Deployment) -> str:
     ]
     if status.message:
         facts.append(("message", esc(status.message)))
+    environment = environment_text(dep)
+    if environment:
+        facts.append(("environment", esc(environment)))
     if dep.apis:
         facts.append(
             (

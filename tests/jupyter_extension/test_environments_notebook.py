@@ -36,6 +36,7 @@ clf = LogisticRegression().fit(X, y)
 """,
     """\
 import hubserve
+from jupyter_extension._display import deployment_text
 from model_runtime import Service
 
 client = hubserve.Client()
@@ -55,6 +56,7 @@ for name in ("skclf", "skclf-twin"):
         "max_diff": float(np.abs(answer - clf.predict_proba(X[:7])).max()),
         "environment": deployment.status.environment.model_dump(),
         "environment_log": logs.get("environment", []),
+        "shown": deployment_text(deployment),
         "framework": version.manifest.framework,
         "requirements": version.manifest.requirements,
     }
@@ -89,5 +91,6 @@ def test_sklearn_model_from_a_kernel_with_packages_the_service_lacks(
         assert f"scikit-learn=={summary['sklearn']}" in result["requirements"]
         assert result["environment"]["kind"] == "overlay"
         assert "scikit-learn" in result["environment"]["packages"]
+        assert "  environment: overlay (adds scikit-learn==" in result["shown"]
     assert twin["environment"]["key"] == first["environment"]["key"]
     assert not [line for line in twin["environment_log"] if "installing" in line]

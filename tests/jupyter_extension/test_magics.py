@@ -381,6 +381,7 @@ def test_notebook_deploy_flow(nb: Cells, account: Account, hub: Hub) -> None:
     assert f'href="{dep.url}"' in html
     assert "predict" in html
     assert f"deployment {dep.key}: ready, 1/1 replicas ready" in nb.text(dep)
+    assert "environment" not in nb.text(dep)  # torch only: the service's own environment
 
     # status: one deployment, and the table of all of them with links
     assert nb.run("%hubserve status flow").version == v1.version
