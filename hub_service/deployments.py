@@ -42,6 +42,7 @@ from ._store_calls import store_call
 from .access import Grants, can_call, owner_for, require_manage
 from .auth import AuthenticatedRoute, HubUser, require_user
 from .backends import DeploymentSpec, DeploymentStatus, LogChunk
+from .backends._cgroups import parse_quantity
 from .db import Deployment, Revision, utcnow
 
 router = APIRouter(
@@ -62,8 +63,25 @@ class Resources(BaseModel):
     model_config = {"extra": "forbid"}
 
     threads: int | None = Field(None, ge=1, le=256, description="torch threads per replica.")
-    cpu: str | None = Field(None, max_length=32, description="CPU request (Kubernetes).")
-    memory: str | None = Field(None, max_length=32, description="Memory request (Kubernetes).")
+    cpu: str | None = Field(
+        None,
+        max_length=32,
+        description="CPUs per replica, e.g. '500m' or '2': a request on Kubernetes, a quota "
+        "(enforced) on the local backend.",
+    )
+    memory: str | None = Field(
+        None,
+        max_length=32,
+        description="Memory per replica, e.g. '512Mi': a request on Kubernetes, a limit on "
+        "the local backend (a replica past it is killed and reported out of memory).",
+    )
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_quantity(value)  # ValueError: 422 with its message
+        return value
 
 
 class DeploymentCreate(BaseModel):

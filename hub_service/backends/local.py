@@ -33,6 +33,12 @@ How a deployment runs here:
   machine's CPUs divided by the deployment's replicas as torch threads (at least one): N
   replicas each using every core would fight over them (measured with 2 replicas on 2 cores:
   2.4 times the CPU per request and 35% fewer requests per second).
+* **Resource limits.** A deployment's ``resources.memory`` and ``resources.cpu`` are
+  enforced per replica through a cgroup of its own (:mod:`._cgroups`: memory limit, CFS
+  quota, a cap on tasks), joined before the bundle loads. The kernel kills a replica past
+  its memory limit, and only it; the status says ``out of memory (limit 700 MiB)`` and the
+  replica restarts with the backoff below. Without writable cgroup v1 controllers, a
+  deployment with limits fails with that reason instead of running unbounded.
 * **Supervision.** One task per deployment probes each replica's ``/readyz`` every
   ``health_interval`` seconds (every ``start_interval`` while one is starting, so it takes
   calls as soon as it is ready). A replica that exits is restarted in place with exponential
@@ -62,6 +68,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -98,6 +105,7 @@ from . import (
     ReplicaState,
     ReplicaStatus,
 )
+from ._cgroups import Cgroup, CgroupTree, Limits
 
 log = logging.getLogger("hubserve.local")
 
@@ -238,6 +246,8 @@ class _Replica(Endpoint):
     restart_at: float = 0.0
     last_error: str | None = None
     in_flight: int = 0
+    #: Its resource limits, when the deployment has any.
+    cgroup: Cgroup | None = None
 
     @property
     def address(self) -> str:
@@ -362,6 +372,8 @@ class LocalBackend(Backend):
         self.job_locations = list(job_locations)
         #: None: every replica runs in the service's own environment.
         self.environments = environments
+        #: Where replicas' cgroups go (None: no writable cgroup v1 controllers here).
+        self._cgroups = CgroupTree.detect()
         self.root = data_dir / "local"
         self.settings = settings or LocalBackendSettings()
         self._state_dir = self.root / "replicas"
@@ -389,6 +401,9 @@ class LocalBackend(Backend):
         for pid in await anyio.to_thread.run_sync(_leftovers, self.root, keep):
             log.info("stopping process %d, left by an earlier run of the service", pid)
             await self._terminate(_Process(pid))
+        if self._cgroups is not None:
+            names = {r.cgroup.memory.name for rs in adopted.values() for r in rs if r.cgroup}
+            await anyio.to_thread.run_sync(self._cgroups.prune, names)
         for spec in specs:
             deployment = _Deployment(spec)
             for replica in adopted.get(spec.key, []):
@@ -661,6 +676,9 @@ class LocalBackend(Backend):
             code = process.exit_code()
             reason = "exited" + (f" with status {code}" if code is not None else "")
             cause = await anyio.to_thread.run_sync(_last_error, replica.log_file)
+            if replica.cgroup is not None and replica.cgroup.oom_kills():
+                limit = replica.cgroup.limits.describe_memory()
+                reason, cause = f"out of memory (limit {limit})", None
             self._crashed(deployment, replica, f"{reason}: {cause}" if cause else reason)
             return
         try:
@@ -744,23 +762,43 @@ class LocalBackend(Backend):
             "batching": spec.batching,
             "cache_dir": str(self._cache),
         }
-        settings["threads"] = (
-            spec.threads if spec.threads is not None else _share_of_cpus(spec.replicas)
-        )
+        settings["threads"] = spec.threads if spec.threads is not None else _default_threads(spec)
         if self.job_locations:
             settings["job_locations"] = self.job_locations
         environment = deployment.environments[replica.version]
         try:
+            replica.cgroup = self._limit(spec, replica)
+        except (ValueError, OSError) as exc:
+            self._crashed(deployment, replica, f"cannot apply the resource limits: {exc}")
+            return
+        try:
             replica.process = await self._start_process(
-                str(bundle), settings, replica.log_file, environment
+                str(bundle), settings, replica.log_file, environment, replica.cgroup
             )
         except (ZygoteError, OSError) as exc:
             self._crashed(deployment, replica, f"could not be launched: {exc}")
             return
         self._save(deployment, replica)
 
+    def _limit(self, spec: DeploymentSpec, replica: _Replica) -> Cgroup | None:
+        """A fresh cgroup with the deployment's limits for this launch of ``replica``."""
+        limits = Limits.of(spec.memory, spec.cpu)
+        if limits is None:
+            return None
+        if self._cgroups is None:
+            raise ValueError(
+                "memory and cpu limits need the cgroup v1 memory, cpu and pids controllers,"
+                " writable by the service; none are here"
+            )
+        return self._cgroups.create(f"replica-{replica.id}", limits)
+
     async def _start_process(
-        self, source: str, settings: dict[str, Any], log_file: Path, environment: Environment
+        self,
+        source: str,
+        settings: dict[str, Any],
+        log_file: Path,
+        environment: Environment,
+        cgroup: Cgroup | None,
     ) -> _Process:
         if environment.python is not None:  # a separate environment: its own interpreter
             return self._popen(
@@ -770,6 +808,7 @@ class LocalBackend(Backend):
                     LAUNCH_ENV: json.dumps({"source": source, "settings": settings}),
                 },
                 log_file,
+                cgroup,
             )
         sys_path = [str(environment.site)] if environment.site is not None else []
         socket_path = await self._zygote.ensure() if self.settings.use_zygote else None
@@ -790,6 +829,7 @@ class LocalBackend(Backend):
                     sys_path=sys_path,
                     warm_key=warm_key,
                     preload=preload,
+                    cgroups=cgroup.procs if cgroup is not None else None,
                 )
             )
             return _Process(pid)
@@ -804,9 +844,11 @@ class LocalBackend(Backend):
         command = [sys.executable, "-m", "model_runtime.cli", "serve", source]
         command += ["--host", settings["host"], "--port", str(settings["port"])]
         command += ["--threads", str(settings["threads"]), "--env", "none"]
-        return self._popen(command, env, log_file)
+        return self._popen(command, env, log_file, cgroup)
 
-    def _popen(self, command: list[str], env: dict[str, str], log_file: Path) -> _Process:
+    def _popen(
+        self, command: list[str], env: dict[str, str], log_file: Path, cgroup: Cgroup | None
+    ) -> _Process:
         with log_file.open("ab") as out:
             popen = subprocess.Popen(
                 command,
@@ -816,6 +858,12 @@ class LocalBackend(Backend):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        if cgroup is not None:  # at once: it has only started its interpreter
+            try:
+                cgroup.add(popen.pid)
+            except OSError:
+                popen.kill()
+                raise
         return _Process(popen.pid, popen)
 
     # -- stopping ---------------------------------------------------------------------------
@@ -847,6 +895,8 @@ class LocalBackend(Backend):
     def _forget(self, deployment: _Deployment, replica: _Replica) -> None:
         deployment.replicas.pop(replica.id, None)
         (self._state_dir / f"{replica.id}.json").unlink(missing_ok=True)
+        if replica.cgroup is not None:
+            replica.cgroup.remove()
 
     async def _shutdown(self, deployment: _Deployment) -> None:
         for task in (deployment.task, deployment.preparing):
@@ -904,6 +954,11 @@ class LocalBackend(Backend):
                 started_at=datetime.fromisoformat(record["started_at"]),
             )
             if await self._answers_with_secret(replica, spec.secret):
+                with contextlib.suppress(ValueError):
+                    limits = Limits.of(spec.memory, spec.cpu)
+                    if limits is not None and self._cgroups is not None:
+                        name = f"replica-{replica.id}"
+                        replica.cgroup = self._cgroups.existing(name, limits)
                 replica.state = ReplicaState.READY
                 replica.ready_at = _utcnow()
                 log.info("adopted replica %s of %s (pid %d)", replica.id, key, pid)
@@ -984,6 +1039,17 @@ def _disk_full(exc: BaseException) -> bool:
 
 def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _default_threads(spec: DeploymentSpec) -> int:
+    """A replica's torch threads: its share of the CPUs, and no more than its CPU quota
+    (threads beyond the quota only queue for it)."""
+    share = _share_of_cpus(spec.replicas)
+    with contextlib.suppress(ValueError):
+        limits = Limits.of(None, spec.cpu)
+        if limits is not None and limits.cpu is not None:
+            return max(1, min(share, math.ceil(limits.cpu)))
+    return share
 
 
 def _share_of_cpus(replicas: int) -> int:

@@ -16,10 +16,11 @@ zygote's loop; they are not the zygote's to supervise (their caller watches them
 health checks), so the zygote lets the kernel reap them.
 
 Protocol: one JSON line per connection, ``{"source", "settings", "env", "log_file",
-"sys_path", "warm_key", "preload"}``; the reply is ``{"pid": N}`` or ``{"error": "..."}``.
-``sys_path`` lists folders the child puts first on its path before the bundle is loaded: a
-bundle's overlay of extra packages (:mod:`model_runtime.envs`), which keeps the zygote's warm
-torch.
+"sys_path", "warm_key", "preload", "cgroups"}``; the reply is ``{"pid": N}`` or
+``{"error": "..."}``. ``cgroups`` are ``cgroup.procs`` files the child joins before anything
+else (its resource limits). ``sys_path`` lists folders the child puts first on its path
+before the bundle is loaded: a bundle's overlay of extra packages (:mod:`model_runtime.envs`),
+which keeps the zygote's warm torch.
 
 **Warm launchers.** An overlay's own packages still cost their import in every replica
 (scikit-learn and SciPy: about a second here). With ``warm_key`` (the environment's key) and
@@ -334,6 +335,8 @@ def _reply(conn: socket.socket, message: dict[str, Any]) -> None:
 def _become_runtime(request: dict[str, Any]) -> None:
     code = 1
     try:
+        for procs in request.get("cgroups") or []:  # its limits, before any of its code runs
+            Path(procs).write_text("0")
         os.setsid()
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
@@ -372,12 +375,14 @@ def spawn(
     sys_path: list[str] | None = None,
     warm_key: str | None = None,
     preload: list[str] | None = None,
+    cgroups: list[str] | None = None,
     timeout: float = 10.0,
 ) -> int:
     """Ask the zygote at ``socket_path`` to launch a runtime; return the runtime's pid.
 
     ``warm_key`` and ``preload`` (an overlay's key and modules) let the zygote keep a warm
-    launcher for that environment (see the module docstring).
+    launcher for that environment (see the module docstring). ``cgroups``: the
+    ``cgroup.procs`` files the runtime joins before it loads anything (its limits).
     """
     message: dict[str, Any] = {
         "source": source,
@@ -385,6 +390,7 @@ def spawn(
         "env": env or {},
         "log_file": str(log_file),
         "sys_path": sys_path or [],
+        "cgroups": cgroups or [],
     }
     if warm_key:
         message["warm_key"] = warm_key

@@ -30,6 +30,7 @@ from starlette.testclient import TestClient
 from hub_service._settings import HubServiceSettings
 from hub_service.app import create_app
 from hub_service.auth import HubUser
+from hub_service.backends._cgroups import CgroupTree
 from hub_service.backends.local import (
     OWNER_ENV,
     LocalBackend,
@@ -440,3 +441,87 @@ def test_unrecorded_processes_of_an_earlier_run_are_stopped(
         for pid in (leftover, other):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+HOG = """\
+import numpy as np
+from model_runtime import api
+
+
+@api(input="json", output="json")
+def eat(megabytes: int) -> int:
+    block = np.ones(megabytes * 2**20, dtype=np.uint8)  # touched: really resident
+    return int(block.sum() // 2**20)
+"""
+
+
+@pytest.fixture
+def hog_store(tmp_path: Path, iris_archive: Path) -> LocalStore:
+    source = tmp_path / "hog"
+    source.mkdir()
+    (source / "service.py").write_text(HOG)
+    store = LocalStore(tmp_path / "store")
+    store.push(build_bundle(source, output_dir=tmp_path / "build").archive, owner="alice")
+    store.push(iris_archive, owner="alice")
+    return store
+
+
+@pytest.mark.skipif(CgroupTree.detect() is None, reason="no writable cgroup v1 controllers")
+@pytest.mark.parametrize("use_zygote", [False, True], ids=["serve", "zygote"])
+def test_memory_limit_kills_only_that_replica(
+    tmp_path: Path, hog_store: LocalStore, use_zygote: bool
+) -> None:
+    """A replica past its deployment's memory limit is killed by the kernel in its own
+    cgroup, reported as out of memory and restarted; another deployment keeps serving."""
+    tree = CgroupTree.detect()
+    assert tree is not None
+    limited = {"model": "hog", "resources": {"memory": "700Mi", "cpu": "1"}}
+    with _client(tmp_path, hog_store, use_zygote=use_zygote) as client:
+        for body in (limited, {"model": "iris"}):
+            response = client.post(f"{PREFIX}/api/deployments", json=body, headers=ALICE)
+            assert response.status_code == 201, response.text
+        first = _wait(client, lambda s: s["phase"] == "ready", name="hog")
+        _wait(client, lambda s: s["phase"] == "ready")
+        replica = first["replicas"][0]["id"]
+        group = tree.memory / f"replica-{replica}"
+        assert int((group / "memory.limit_in_bytes").read_text()) == 700 * 2**20
+        assert (tree.pids / f"replica-{replica}" / "pids.max").read_text().strip() == "4096"
+        assert (tree.cpu / f"replica-{replica}" / "cpu.cfs_quota_us").read_text().strip() == (
+            "100000"
+        )
+        eat = f"{PREFIX}/d/alice/hog/eat"
+        assert client.post(eat, json=64, headers=ALICE).json() == 64
+        response = client.post(eat, json=1500, headers=ALICE)
+        assert response.status_code in (502, 503), response.text
+        iris = client.post(
+            f"{PREFIX}/d/alice/iris/classify", json=[[5.1, 3.5, 1.4, 0.2]], headers=ALICE
+        )
+        assert iris.status_code == 200, iris.text
+        killed = _wait(
+            client,
+            lambda s: any(r["last_error"] for r in s["replicas"]) or s["message"],
+            name="hog",
+        )
+        assert killed["message"] == "out of memory (limit 700 MiB)", killed
+        again = _wait(client, lambda s: s["phase"] == "ready", timeout=90, name="hog")
+        assert again["replicas"][0]["restarts"] == 1
+        assert client.post(eat, json=64, headers=ALICE).json() == 64
+        response = client.delete(f"{PREFIX}/api/deployments/alice/hog", headers=ALICE)
+        assert response.status_code == 204
+    assert not group.exists()  # removed with its replica
+
+
+def test_limits_without_cgroups_fail_clearly(
+    tmp_path: Path, hog_store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(CgroupTree, "detect", classmethod(lambda cls: None))
+    body = {"model": "hog", "resources": {"memory": "700Mi"}}
+    with _client(tmp_path, hog_store) as client:
+        response = client.post(f"{PREFIX}/api/deployments", json=body, headers=ALICE)
+        assert response.status_code == 201, response.text
+        failed = _wait(client, lambda s: s["phase"] == "failed", name="hog")
+        bad = {"model": "hog", "name": "hog2", "resources": {"memory": "lots"}}
+        response = client.post(f"{PREFIX}/api/deployments", json=bad, headers=ALICE)
+    assert failed["message"].startswith("cannot apply the resource limits: memory and cpu")
+    assert response.status_code == 422
+    assert "'lots' is not a quantity such as 512Mi" in str(response.json()["detail"])
