@@ -187,15 +187,23 @@ def register_serve_commands(cli: click.Group) -> None:
         is_flag=True,
         help="Stop when the process that started the zygote exits (for supervisors).",
     )
-    def zygote(socket_path: Path, exit_with_parent: bool) -> None:
+    @click.option(
+        "--parent-pid",
+        type=click.IntRange(1),
+        default=None,
+        help="The supervisor's pid: stop once the zygote is no longer its child, even if it"
+        " died before the zygote got going (implies --exit-with-parent).",
+    )
+    def zygote(socket_path: Path, exit_with_parent: bool, parent_pid: int | None) -> None:
         """Run a pre-warmed runtime launcher: replicas start by fork, without import costs."""
         import os
 
+        parent = parent_pid or (os.getppid() if exit_with_parent else None)  # before imports
         # Before numpy is first imported: OpenBLAS starts its thread pool at load time.
         os.environ["OPENBLAS_NUM_THREADS"] = "1"
         from ..runtime._zygote import run_zygote
 
-        run_zygote(socket_path, exit_with_parent=exit_with_parent)
+        run_zygote(socket_path, parent=parent)
 
     @cli.command()
     @click.argument("url")

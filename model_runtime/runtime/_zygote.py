@@ -100,18 +100,19 @@ def _os_threads() -> int:
         return threading.active_count()
 
 
-def run_zygote(socket_path: Path, *, exit_with_parent: bool = False) -> None:
+def run_zygote(socket_path: Path, *, parent: int | None = None) -> None:
     """Serve launch requests on ``socket_path`` until SIGTERM/SIGINT.
 
-    With ``exit_with_parent``, also stop when the process that started the zygote is gone
-    (checked every second), so a supervisor that is killed leaves no launcher behind.
+    With ``parent`` (the supervisor's pid), also stop once the zygote is no longer that
+    process's child (checked every second), so a supervisor that is killed leaves no
+    launcher behind, even one killed while the zygote was still importing.
     """
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # in case numpy is not imported yet
     loaded = preload()
     _freeze()
     warm = _WarmLaunchers(socket_path.parent / f"{socket_path.stem}-warm")
     try:
-        _serve(socket_path, exit_with_parent, warm, f"{len(loaded)} modules preloaded")
+        _serve(socket_path, parent, warm, f"{len(loaded)} modules preloaded")
     finally:
         warm.stop_all()
 
@@ -126,10 +127,8 @@ def _freeze() -> None:
         )
 
 
-def _serve(
-    socket_path: Path, exit_with_parent: bool, warm: _WarmLaunchers | None, what: str
-) -> None:
-    parent = os.getppid()
+def _serve(socket_path: Path, parent: int | None, warm: _WarmLaunchers | None, what: str) -> None:
+    """Accept launch requests until stopped, or until ``parent`` (if given) is gone."""
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()
@@ -140,7 +139,7 @@ def _serve(
     finally:
         os.umask(old_umask)
     server.listen(64)
-    if exit_with_parent:
+    if parent is not None:
         server.settimeout(1.0)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps children for us
     stopping = False
@@ -154,12 +153,10 @@ def _serve(
     signal.signal(signal.SIGINT, stop)
     print(f"hubserve zygote ready on {socket_path} ({what})", flush=True)
     try:
-        while not stopping:
+        while not stopping and (parent is None or os.getppid() == parent):
             try:
                 conn, _ = server.accept()
             except TimeoutError:
-                if os.getppid() != parent:
-                    break
                 continue
             except OSError:
                 break  # closed by stop()
@@ -280,6 +277,7 @@ def _alive(pid: int) -> bool:
 
 def _become_warm_launcher(socket_path: Path, paths: list[str], modules: list[str]) -> None:
     """The child zygote of one environment: its path, its imports, its own socket."""
+    parent = os.getppid()  # the zygote, before the imports (which take a while)
     code = 0
     try:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -289,7 +287,7 @@ def _become_warm_launcher(socket_path: Path, paths: list[str], modules: list[str
             with contextlib.suppress(Exception):  # a module that fails now fails in the replica
                 importlib.import_module(name)
         _freeze()
-        _serve(socket_path, True, None, f"warm for {len(modules)} modules")
+        _serve(socket_path, parent, None, f"warm for {len(modules)} modules")
     except BaseException:
         code = 1
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -149,3 +150,23 @@ def test_warm_launcher_per_environment(
         os.kill(pid, signal.SIGTERM)
         assert _gone(pid)
     os.kill(warm_pid, 0)  # alive until the zygote stops (the fixture checks the rest)
+
+
+def test_zygote_exits_when_its_parent_died_during_its_imports(tmp_path: Path) -> None:
+    """A supervisor killed while its zygote still imports torch (here: gone at once) leaves
+    no zygote behind: ``--parent-pid`` names it, so even a parent gone before the zygote
+    asked is noticed."""
+    socket_path = tmp_path / "orphan.sock"
+    command = " ".join(hubserve("zygote", "--socket", str(socket_path), "--parent-pid", "$$"))
+    started = subprocess.run(
+        ["sh", "-c", f"{command} >/dev/null 2>&1 & echo $!"],  # sh exits at once
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(started.stdout)
+    try:
+        assert _gone(pid, timeout=60), "the zygote outlived its parent"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
