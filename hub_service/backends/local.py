@@ -281,6 +281,9 @@ class _Deployment:
     turn: int = 0
     #: Environments by bundle version, once prepared.
     environments: dict[str, Environment] = field(default_factory=dict)
+    #: What a warm launcher of an overlay imports, by bundle version (found once: reading
+    #: the artifacts' pickles to find their classes is not for every launch).
+    preloads: dict[str, list[str]] = field(default_factory=dict)
     #: The environment being prepared in the background, and what it is doing now.
     preparing: asyncio.Task[None] | None = None
     progress: str | None = None
@@ -628,13 +631,14 @@ class LocalBackend(Backend):
             with log_file.open("a", encoding="utf-8") as out:
                 out.write(f"{_utcnow():%Y-%m-%d %H:%M:%S}Z {message}\n")
 
-        def prepare() -> Environment:
+        def prepare() -> tuple[Environment, list[str]]:
             requirements = read_manifest(bundle).requirements
             progress(f"{version}: {len(requirements)} requirement(s)")
-            return manager.prepare(requirements, progress=progress)
+            environment = manager.prepare(requirements, progress=progress)
+            return environment, _preload(environment, bundle) if environment.site else []
 
         try:
-            environment = await anyio.to_thread.run_sync(prepare)
+            environment, preload = await anyio.to_thread.run_sync(prepare)
         except (EnvBuildError, HubserveError, OSError) as exc:
             reason = exc.reason if isinstance(exc, EnvBuildError) else str(exc)
             deployment.env_failures += 1
@@ -646,6 +650,7 @@ class LocalBackend(Backend):
             log.warning("%s: %s (retrying in %.0f s)", deployment.spec.key, reason, delay)
         else:
             deployment.environments[version] = environment
+            deployment.preloads[version] = preload
             deployment.message = None
             deployment.env_failures = 0
             progress(environment.describe())
@@ -774,7 +779,12 @@ class LocalBackend(Backend):
             return
         try:
             replica.process = await self._start_process(
-                str(bundle), settings, replica.log_file, environment, replica.cgroup
+                str(bundle),
+                settings,
+                replica.log_file,
+                environment,
+                replica.cgroup,
+                deployment.preloads.get(replica.version, []),
             )
         except (ZygoteError, OSError) as exc:
             self._crashed(deployment, replica, f"could not be launched: {exc}")
@@ -800,6 +810,7 @@ class LocalBackend(Backend):
         log_file: Path,
         environment: Environment,
         cgroup: Cgroup | None,
+        preload: list[str],
     ) -> _Process:
         if environment.python is not None:  # a separate environment: its own interpreter
             return self._popen(
@@ -816,11 +827,6 @@ class LocalBackend(Backend):
         if socket_path is not None:
             # An overlay's replicas come from a warm launcher with its packages imported.
             warm_key = environment.key if environment.site is not None else None
-            preload = (
-                await anyio.to_thread.run_sync(_preload, environment, Path(source))
-                if warm_key
-                else None
-            )
             pid = await anyio.to_thread.run_sync(
                 lambda: spawn(
                     socket_path,
