@@ -12,13 +12,9 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -27,6 +23,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from model_runtime import build_bundle
+
+from .runtime.test_serve import Server
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -134,12 +132,6 @@ def test_cli_help_imports_nothing_of_the_hub_or_notebook_side() -> None:
     assert not imported & (NOT_IN_RUNTIME | {"jupyter_extension"})
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_serve_imports_nothing_of_the_hub_or_notebook_side(tmp_path: Path) -> None:
     """``hubserve serve`` up to ready and one call: the modules it loaded, by importtime."""
     source = tmp_path / "echo.py"
@@ -151,37 +143,15 @@ def test_serve_imports_nothing_of_the_hub_or_notebook_side(tmp_path: Path) -> No
         "    return values\n"
     )
     bundle = build_bundle(f"{source}:service", output_dir=tmp_path / "out")
-    port = _free_port()
-    log = tmp_path / "serve.log"
-    env = {**os.environ, "HUBSERVE_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-X", "importtime", "-m", "model_runtime.cli", "serve"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*cmd, str(bundle.archive), "--port", str(port), "--threads", "1"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    launcher = [sys.executable, "-X", "importtime", "-m", "model_runtime.cli"]
+    server = Server(bundle.archive, tmp_path, launcher=launcher)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        answer = httpx.post(f"http://127.0.0.1:{port}/echo", json=[1, 2], timeout=10)
+        server.wait_ready()
+        answer = httpx.post(f"{server.url}/echo", json=[1, 2], timeout=10)
         assert answer.status_code == 200, answer.text
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
+    log = server.log
     imported = imported_by_importtime(log.read_text())
     assert {"model_runtime", "uvicorn", "fastapi"} <= imported
     assert not imported & (NOT_IN_RUNTIME | {"jupyter_extension"})

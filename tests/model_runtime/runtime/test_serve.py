@@ -36,14 +36,23 @@ def hubserve(*args: str) -> list[str]:
 
 
 class Server:
-    def __init__(self, bundle: Path | str, tmp_path: Path, *extra: str) -> None:
+    """``serve`` of ``bundle`` on a free port (``launcher``: how to run the CLI)."""
+
+    def __init__(
+        self, bundle: Path | str, tmp_path: Path, *extra: str, launcher: list[str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / f"serve-{self.port}.log"
         env = {**os.environ, "HUBSERVE_CACHE": str(tmp_path / "cache")}
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                hubserve("serve", str(bundle), "--port", str(self.port), "--threads", "1", *extra),
+                [
+                    *(launcher or hubserve()),
+                    "serve",
+                    str(bundle),
+                    *("--port", str(self.port), "--threads", "1", *extra),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
