@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .PHONY: up test lint typecheck unit test-hub test-server-ext test-lab labextension test-lab-unit \
-	soak soak-ci venv clean
+	soak soak-ci venv clean models-user
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The local backend runs every replica in a sandbox as this system user (never as root, never
+# as the service's user). Created here when running as root, as `make up` and CI do; as
+# another user, `make up` and the test hubs run models unsandboxed (make up says so).
+MODELS_USER := hubserve-models
+models-user:
+	@if [ "$$(id -u)" = 0 ] && ! id -u $(MODELS_USER) >/dev/null 2>&1; then \
+		useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+			--user-group $(MODELS_USER) && echo "created the system user $(MODELS_USER)"; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -73,22 +83,22 @@ $(CHP):
 	npm install --prefix .hubserve/node --no-audit --no-fund configurable-http-proxy
 
 # The whole stack on this machine (dev/up.py): JupyterHub + proxy, hubserve, S3. Ctrl-C stops it.
-up: $(STAMP) $(CHP) labextension
+up: $(STAMP) $(CHP) labextension models-user
 	$(PY) dev/up.py
 
-test-hub: $(STAMP) $(CHP)
+test-hub: $(STAMP) $(CHP) models-user
 	$(PY) -m pytest tests/hub_service tests/jupyter_extension -p no:cacheprovider
 
 # The Jupyter server extension against a live standalone hub_service; pytest-jupyter's plugin
 # has no entry point, so it is loaded here (it must not load into the hub tests).
-test-server-ext: $(STAMP)
+test-server-ext: $(STAMP) models-user
 	$(PY) -m pytest tests/jupyter_server_ext -p no:cacheprovider -p pytest_jupyter.jupyter_server
 
 # The JupyterLab panel in a real Lab and Chromium (Debian's /usr/bin/chromium, driven by
 # Playwright; never a downloaded browser) against a live standalone hub_service, plus the
 # authentication of every server-extension route. Screenshots: tests/labextension/artifacts/
 # (or $HUBSERVE_TEST_ARTIFACTS/labextension/).
-test-lab: $(STAMP) labextension
+test-lab: $(STAMP) labextension models-user
 	$(PY) -m pytest tests/labextension -p no:cacheprovider
 
 # Load on the whole stack (bench/soak.py): JupyterHub + proxy + hubserve + 2 iris replicas,
@@ -100,10 +110,10 @@ test-lab: $(STAMP) labextension
 SOAK_SECONDS ?= 600
 SOAK_CI_OUT  ?= .hubserve/soak-ci
 
-soak: $(STAMP) $(CHP)
+soak: $(STAMP) $(CHP) models-user
 	$(PY) bench/soak.py --seconds $(SOAK_SECONDS) --timing gate
 
-soak-ci: $(STAMP) $(CHP)
+soak-ci: $(STAMP) $(CHP) models-user
 	HUBSERVE_BENCH_OUT=$(SOAK_CI_OUT) $(PY) bench/soak.py --seconds 120 --timing report
 
 clean:

@@ -20,10 +20,14 @@ file turns them into a complete development hub:
   could itself call hubserve, or issue tokens for anybody, would be more power than needed;
 * **single-user servers** with ``SimpleLocalProcessSpawner`` (processes of the current OS
   user, one home directory per hub user under ``<state>/users/``; no isolation, so for
-  development only) running JupyterLab from this virtual environment. Batch jobs are confined
-  to the caller's home (``HUBSERVE_JOB_LOCATIONS`` = ``<state>/users/{user}``): replicas run
-  as the OS user that runs ``make up`` (root, in a container), and a shared deployment must
-  not let one user's job read another's files, or anything else that user can.
+  development only) running JupyterLab from this virtual environment;
+* **sandboxed models** (when ``make up`` runs as root, as in a container): replicas run in
+  the service's sandboxes as the ``hubserve-models`` user and see none of ``<state>`` (the
+  hub's secrets, the S3 server's data, the service's files, others' homes) except the homes
+  of the users who may call them. Batch jobs are confined to the caller's home
+  (``HUBSERVE_JOB_LOCATIONS`` = ``<state>/users/{user}``), which is shared with that user's
+  group (``dev/up.py``'s ``share_home``, at each spawn) and where notebooks make folders
+  with a umask of 002, so the models can write results there.
 
 Every process started from here carries ``HUBSERVE_UP_STATE`` in its environment, so that
 ``dev/up.py`` can find and stop anything left behind.
@@ -36,6 +40,9 @@ from pathlib import Path
 
 import hub_service
 from model_runtime.store import StoreSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import up  # dev/up.py, beside this file: the models' user and their homes
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821 - provided by JupyterHub
 
@@ -77,7 +84,10 @@ c.Authenticator.allow_all = True
 # -- single-user servers: JupyterLab, as local processes -------------------------------------
 c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
 c.SimpleLocalProcessSpawner.home_dir_template = str(state / "users" / "{username}")
-c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
+# A umask of 002: folders a notebook makes in its (shared) home are writable by the models.
+c.Spawner.cmd = ["/bin/sh", "-c", 'umask 002 && exec "$0" "$@"', sys.executable]
+c.Spawner.cmd += ["-m", "jupyterhub.singleuser"]
+c.Spawner.pre_spawn_hook = lambda spawner: up.share_home(Path(spawner.home_dir))
 c.Spawner.default_url = "/lab"
 c.Spawner.args = ["--allow-root"] if os.geteuid() == 0 else []
 c.Spawner.environment = {
@@ -121,5 +131,9 @@ hub_service.configure_jupyterhub(
         "HUBSERVE_UP_STATE": str(state),
         # {user}: the calling hub user, whose home is users/<name> (home_dir_template above).
         "HUBSERVE_JOB_LOCATIONS": json.dumps([str(state / "users" / "{user}")]),
+        # The data dir is hidden from models anyway; the rest of the state holds the hub's
+        # database and secrets, the S3 server's data and everybody's home.
+        "HUBSERVE_LOCAL_HIDDEN_PATHS": json.dumps([str(state)]),
+        "HUBSERVE_LOCAL_ISOLATION": "sandbox" if up.sandboxed() else "none",
     },
 )

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import grp
 import json
 import os
 import secrets
@@ -70,8 +71,48 @@ HUB_STOP_TIMEOUT = 30.0
 LEFTOVER_GRACE = 5.0
 
 
+#: The OS user the service's sandboxes run models as (its default); `make up` creates it.
+MODELS_USER = "hubserve-models"
+
+
 class UpError(Exception):
     """A problem the user can fix; printed without a traceback."""
+
+
+# -- the models' sandbox -------------------------------------------------------------------
+
+
+def sandboxed() -> bool:
+    """Whether the service sandboxes models here: making sandboxes takes root."""
+    return os.geteuid() == 0
+
+
+def share_home(home: Path) -> None:
+    """Make ``home`` a folder sandboxed models may write batch-job results into, as they
+    run as ``MODELS_USER``: its group becomes that user's, inherited by new folders
+    (setgid), and may write. Single-user servers run with a umask of 002 (see
+    ``dev/jupyterhub_config.py``), so the folders a notebook makes there are shared too."""
+    home.mkdir(parents=True, exist_ok=True)
+    if sandboxed():
+        os.chown(home, -1, grp.getgrnam(MODELS_USER).gr_gid)
+        home.chmod(0o2775)
+
+
+def _check_models_user() -> None:
+    if not sandboxed():
+        print(
+            "make up: not running as root, so models run unsandboxed, as your own user"
+            " (HUBSERVE_LOCAL_ISOLATION=none): for development only",
+            flush=True,
+        )
+        return
+    try:
+        grp.getgrnam(MODELS_USER)
+    except KeyError:
+        raise UpError(
+            f"there is no OS user {MODELS_USER} to run models as: `make up` creates it"
+            f" (or: useradd --system --user-group --no-create-home {MODELS_USER})"
+        ) from None
 
 
 # -- ports ---------------------------------------------------------------------------------
@@ -152,8 +193,9 @@ def _under(path: str, state: Path) -> bool:
 
 def _leftovers(state: Path) -> dict[int, str]:
     """Processes of a stack on ``state`` (pid -> command line), this process and its parents
-    excepted: those with the marker in their environment, and this stack's programs (Python,
-    node, weed) working in the state directory. Linux only (``/proc``); elsewhere, nothing
+    excepted: those with the marker in their environment (or the local backend's, for a
+    folder in ``state``), and this stack's programs (Python, node, weed) working in the state
+    directory. Linux only (``/proc``); elsewhere, nothing
     is found.
 
     Command lines are not a criterion: the proxy installed in ``.hubserve/node`` is shared
@@ -161,6 +203,10 @@ def _leftovers(state: Path) -> dict[int, str]:
     whose working directory is in the state directory are not this stack's programs.
     """
     marker = f"\0{MARKER}={state}\0".encode()
+    # The service's zygote and replicas: their environment is scrubbed of ours, and sandboxed
+    # replicas work in their own /tmp; the local backend marks them with its folder instead
+    # (hub_service.backends.local.OWNER_ENV).
+    replicas = f"\0HUBSERVE_LOCAL_BACKEND={state}/".encode()
     skip = _ancestors()
     programs = _stack_programs()
     found: dict[int, str] = {}
@@ -174,7 +220,8 @@ def _leftovers(state: Path) -> dict[int, str]:
             ]
             if not argv[0]:  # a zombie or a kernel thread
                 continue
-            ours = marker in b"\0" + (entry / "environ").read_bytes()
+            environ = b"\0" + (entry / "environ").read_bytes()
+            ours = marker in environ or replicas in environ
             if not ours and os.path.realpath(entry / "exe") in programs:
                 ours = _under(str((entry / "cwd").readlink()), state)
         except OSError:  # gone, or not ours to read
@@ -395,10 +442,8 @@ def _push_and_deploy(client: Client, admin: str, built: BuiltBundle, timeout: fl
 def _offer_notebook(state: Path, admin: str) -> None:
     """Copy the example's notebook into the admin's home, unless a copy is there already
     (the admin's edits are kept). JupyterLab shows the home only, not the checkout."""
-    home = state / "users" / admin
-    target = home / PRELOAD_NOTEBOOK.name
+    target = state / "users" / admin / PRELOAD_NOTEBOOK.name
     if PRELOAD_NOTEBOOK.is_file() and not target.exists():
-        home.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(PRELOAD_NOTEBOOK, target)
 
 
@@ -556,6 +601,10 @@ def _run(args: argparse.Namespace) -> int:
         for pid, command in leftovers.items():
             print(f"  {pid}  {command[:120]}", flush=True)
 
+    _check_models_user()
+    # Before the hub starts: the preloaded deployment's sandbox shows the admin's home only
+    # if it is there when its replica starts.
+    share_home(state / "users" / args.admin)
     chp: Path = args.chp.resolve()
     if not os.access(chp, os.X_OK):
         raise UpError(

@@ -15,6 +15,7 @@ Query strings are removed from the access log: the OAuth callback carries a one-
 from __future__ import annotations
 
 import logging
+import sys
 
 import uvicorn
 
@@ -36,8 +37,12 @@ def main() -> None:
     settings = HubServiceSettings()
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(name)s] %(message)s")
     logging.getLogger("uvicorn.access").addFilter(_NoQueryInAccessLog())
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # a setting this machine cannot honour: say which, in one line
+        sys.exit(f"hubserve: {exc}")
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.bind_host,
         port=settings.bind_port,
         proxy_headers=True,

@@ -33,6 +33,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model_runtime.envs import EnvironmentManager, EnvironmentPolicy
 from model_runtime.paths import default_home
 from model_runtime.runtime import JobLocations
+from model_runtime.sandbox import SandboxError
+
+from .backends._cgroups import parse_quantity
+from .backends._isolation import Isolation
 
 _COOKIE_KEY_CONTEXT = b"hubserve-cookie-secret-v1"
 
@@ -207,6 +211,34 @@ class HubServiceSettings(BaseSettings):
         description="Disk for environments and the installer's cache; beyond it, environments "
         "no deployment uses are removed, least recently used first.",
     )
+    # Isolation of the local backend's replicas (hub_service.backends._isolation).
+    local_isolation: Literal["sandbox", "none"] = Field(
+        "sandbox",
+        description="'sandbox': every replica of the local backend runs in a sandbox as an "
+        "unprivileged user (the service needs root for that, and refuses to start if it "
+        "cannot make one); 'none': replicas run as the service's own user and see all it "
+        "sees, for development only.",
+    )
+    local_user: str = Field(
+        "hubserve-models",
+        description="The OS user sandboxed replicas run as, or {owner}: the deploying hub "
+        "user's own OS account (where hub users have one).",
+    )
+    local_tmp_size: str = Field(
+        "1Gi", description="Size of each sandboxed replica's private /tmp (a quantity: 512Mi)."
+    )
+    local_hidden_paths: list[Path] = Field(
+        default_factory=list,
+        description="More folders no replica may see, besides the data directory, homes, "
+        "/tmp, /run and JupyterHub's usual folders (JSON list).",
+    )
+
+    @field_validator("local_tmp_size")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        if parse_quantity(value) < 1024 * 1024:
+            raise ValueError(f"{value!r} is less than 1Mi")
+        return value
 
     @field_validator("base_url", "hub_base_url")
     @classmethod
@@ -241,6 +273,29 @@ class HubServiceSettings(BaseSettings):
             max_cache_bytes=self.env_max_cache_bytes,
         )
         return EnvironmentManager(self.env_root or self.data_dir / "envs", policy)
+
+    def isolation(self) -> Isolation | None:
+        """The local backend's sandbox settings, checked on this machine (None: no sandbox).
+
+        Refuses, in one line (ValueError), when no sandbox can be made here, so a service
+        never runs models unsandboxed unless the admin said so.
+        """
+        if self.local_isolation == "none":
+            return None
+        isolation = Isolation(
+            user=self.local_user,
+            tmp_size=int(parse_quantity(self.local_tmp_size)),
+            hidden=tuple(str(p) for p in self.local_hidden_paths),
+        )
+        try:
+            isolation.check()
+        except SandboxError as exc:
+            raise ValueError(
+                f"the local backend cannot sandbox models here: {exc}; set"
+                " HUBSERVE_LOCAL_ISOLATION=none to run them as the service's own user"
+                " (development only)"
+            ) from None
+        return isolation
 
     def deployment_url(self, owner: str, name: str) -> str:
         """Where callers reach a deployment (absolute when the public origin is known)."""

@@ -70,6 +70,7 @@ def make_backend(settings: HubServiceSettings, store: Store) -> Backend:
         settings.data_dir,
         job_locations=settings.job_locations,
         environments=settings.environments(),
+        isolation=settings.isolation(),
     )
 
 

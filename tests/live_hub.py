@@ -25,6 +25,7 @@ takes extra ``HUBSERVE_*`` settings for the service.
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
 import secrets
@@ -127,6 +128,18 @@ class Hub:
     def service_url(self) -> str:
         return f"{self.url}/services/hubserve"
 
+    def job_folder(self, user: str) -> Path:
+        """``user``'s folder for batch jobs (the hub's job locations: ``<root>/jobs/{user}``),
+        shared with the sandboxed replicas' user as ``make up`` shares homes: its group, which
+        new folders inherit (setgid), may write; so may that group in folders the test makes
+        with a umask of 002 (:func:`shared_umask`)."""
+        folder = self.root / "jobs" / user
+        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(KeyError, PermissionError):
+            os.chown(folder, -1, grp.getgrnam(MODELS_USER).gr_gid)
+        folder.chmod(0o2775)
+        return folder
+
     def create_user(self, prefix: str = "user") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         response = self.api.post("/users", json={"usernames": [name]})
@@ -193,8 +206,22 @@ def _stop(proc: subprocess.Popen[bytes], root: Path) -> None:
             os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
 
 
+#: The OS user sandboxed replicas run as (the service's default; `make test` creates it).
+MODELS_USER = "hubserve-models"
+#: The size of each sandboxed replica's private /tmp on the test hub.
+SANDBOX_TMP_BYTES = 128 * 1024 * 1024
 #: A package the test hub's environment policy denies (see HUBSERVE_ENV_DENY).
 DENIED_PACKAGE = "hubserve-denied-test-package"
+
+
+@contextlib.contextmanager
+def shared_umask() -> Iterator[None]:
+    """Files and folders made meanwhile are writable by their group (see Hub.job_folder)."""
+    old = os.umask(0o002)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 @contextlib.contextmanager
@@ -217,6 +244,11 @@ def running_hub(
         "HUBSERVE_GATEWAY_RATE_LIMIT": str(GATEWAY_RATE_LIMIT),
         # The environments' admin policy denies one (made-up) package: deploy answers 422.
         "HUBSERVE_ENV_DENY": json.dumps([DENIED_PACKAGE]),
+        # Replicas are sandboxed (the default; unless the tests do not run as root), with a
+        # small private /tmp to fill up; batch jobs use each caller's folder (Hub.job_folder).
+        "HUBSERVE_LOCAL_TMP_SIZE": str(SANDBOX_TMP_BYTES),
+        "HUBSERVE_LOCAL_ISOLATION": "sandbox" if os.geteuid() == 0 else "none",
+        "HUBSERVE_JOB_LOCATIONS": json.dumps([str(root / "jobs" / "{user}")]),
         **(extra_env or {}),
     }
     proxy_port, proxy_api_port, hub_port, service_port = (free_port() for _ in range(4))

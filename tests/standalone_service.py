@@ -129,6 +129,8 @@ def standalone_service(
         HUBSERVE_STORE=str(root / "store"),
         HUBSERVE_HOME=str(root / "home"),
         HUBSERVE_CACHE=str(root / "cache"),
+        # Sandboxed replicas, as by default, where the tests can make sandboxes (as root).
+        HUBSERVE_LOCAL_ISOLATION="sandbox" if os.geteuid() == 0 else "none",
     )
     environment.update(env or {})
     log = root / "service.log"

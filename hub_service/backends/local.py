@@ -57,8 +57,19 @@ How a deployment runs here:
   zygote or warm launcher. A graceful stop of the service stops its replicas (and the
   zygote, which also exits by itself when the service dies).
 
-The local backend isolates nothing: replicas run as the service's OS user. It is meant for one
-machine and trusted users; use the Kubernetes backend for multi-tenant clusters.
+* **Isolation.** With an :class:`~._isolation.Isolation` (the service's default, see
+  :mod:`._isolation`), every replica runs in a sandbox (:mod:`model_runtime.sandbox`) as an
+  unprivileged user: the machine read-only, the service's files and other users' homes
+  hidden, its own ``/tmp`` and processes; a replica forked from the zygote enters it right
+  after the fork, one started directly through ``python -m model_runtime.sandbox``. Every
+  sandboxed replica has a cgroup (at least its cap on tasks) where cgroups are writable.
+  Bundles and environments are made readable by that user. Sandboxed launches never use
+  the zygote's warm launchers (they would import users' packages as root, unsandboxed). A
+  replica of a separate environment is started by the zygote too when sandboxed (it forks,
+  makes the sandbox, and runs that environment's interpreter), so no wrapper process stays
+  behind; only without a zygote does ``python -m model_runtime.sandbox`` wait beside it.
+  Without an isolation, replicas run as the service's own user and see what it sees: for
+  development only (``HUBSERVE_LOCAL_ISOLATION=none``).
 """
 
 from __future__ import annotations
@@ -74,6 +85,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -92,7 +104,8 @@ from model_runtime.envs import EnvBuildError, Environment, EnvironmentManager
 from model_runtime.errors import HubserveError
 from model_runtime.naming import ModelRef
 from model_runtime.runtime import LAUNCH_ENV
-from model_runtime.runtime._zygote import ZygoteError, spawn
+from model_runtime.runtime._zygote import ZygoteError, spawn, spawn_command
+from model_runtime.sandbox import PROFILE_ENV, Profile, SandboxError
 from model_runtime.store import Store
 
 from . import (
@@ -106,6 +119,7 @@ from . import (
     ReplicaStatus,
 )
 from ._cgroups import Cgroup, CgroupTree, Limits
+from ._isolation import Isolation, job_folders
 
 log = logging.getLogger("hubserve.local")
 
@@ -246,8 +260,10 @@ class _Replica(Endpoint):
     restart_at: float = 0.0
     last_error: str | None = None
     in_flight: int = 0
-    #: Its resource limits, when the deployment has any.
+    #: Its resource limits, when the deployment has any (or it is sandboxed).
     cgroup: Cgroup | None = None
+    #: Whether it runs in a sandbox (a replica adopted after a change of that is replaced).
+    sandboxed: bool = False
 
     @property
     def address(self) -> str:
@@ -371,23 +387,29 @@ class LocalBackend(Backend):
         *,
         job_locations: Sequence[str] = (),
         environments: EnvironmentManager | None = None,
+        isolation: Isolation | None = None,
     ) -> None:
         self.store = store
+        #: None: replicas run unsandboxed, as the service's user (development only).
+        self.isolation = isolation
         self.job_locations = list(job_locations)
         #: None: every replica runs in the service's own environment.
         self.environments = environments
         #: Where replicas' cgroups go (None: no writable cgroup v1 controllers here).
         self._cgroups = CgroupTree.detect()
+        self.data_dir = data_dir
         self.root = data_dir / "local"
         self.settings = settings or LocalBackendSettings()
         self._state_dir = self.root / "replicas"
+        #: Each running replica's API token, which launches name instead of carrying it.
+        self._tokens = self.root / "tokens"
         self._logs = self.root / "logs"
         self._cache = self.root / "cache"
         self._deployments: dict[str, _Deployment] = {}
         self._zygote = _Zygote(self.root, self._logs / "zygote.log", self._environment())
         self._probe = httpx.AsyncClient(timeout=self.settings.probe_timeout)
         self._warming: asyncio.Task[Path | None] | None = None
-        for directory in (self._state_dir, self._logs, self._cache):
+        for directory in (self._state_dir, self._logs, self._cache, self._tokens):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # -- the Backend API -------------------------------------------------------------------
@@ -408,6 +430,9 @@ class LocalBackend(Backend):
         if self._cgroups is not None:
             names = {r.cgroup.memory.name for rs in adopted.values() for r in rs if r.cgroup}
             await anyio.to_thread.run_sync(self._cgroups.prune, names)
+        for path in self._tokens.iterdir():  # of replicas gone with an earlier run
+            if path.name not in {r.id for rs in adopted.values() for r in rs}:
+                path.unlink(missing_ok=True)
         for spec in specs:
             deployment = _Deployment(spec)
             for replica in adopted.get(spec.key, []):
@@ -600,7 +625,10 @@ class LocalBackend(Backend):
         return True
 
     def _pull(self, ref: ModelRef) -> Path:
-        return self.store.pull(ref, cache_dir=self._cache).path
+        path = self.store.pull(ref, cache_dir=self._cache).path
+        if self.isolation is not None:
+            _readable_by_all(path)
+        return path
 
     def _environment_ready(self, deployment: _Deployment) -> bool:
         """Whether the newest version's environment is there; if not, start preparing it.
@@ -635,6 +663,8 @@ class LocalBackend(Backend):
             requirements = read_manifest(bundle).requirements
             progress(f"{version}: {len(requirements)} requirement(s)")
             environment = manager.prepare(requirements, progress=progress)
+            if self.isolation is not None and environment.path is not None:
+                _readable_by_all(environment.path)
             return environment, _preload(environment, bundle) if environment.site else []
 
         try:
@@ -764,9 +794,7 @@ class LocalBackend(Backend):
         settings: dict[str, Any] = {
             "host": "127.0.0.1",
             "port": replica.port,
-            "api_token": spec.secret,
             "batching": spec.batching,
-            "cache_dir": str(self._cache),
         }
         settings["threads"] = spec.threads if spec.threads is not None else _default_threads(spec)
         if self.job_locations:
@@ -778,6 +806,12 @@ class LocalBackend(Backend):
             self._crashed(deployment, replica, f"cannot apply the resource limits: {exc}")
             return
         try:
+            sandbox = self._sandbox(spec, bundle, environment, replica)
+        except SandboxError as exc:
+            self._crashed(deployment, replica, f"cannot be sandboxed: {exc}")
+            return
+        replica.sandboxed = sandbox is not None
+        try:
             replica.process = await self._start_process(
                 str(bundle),
                 settings,
@@ -785,6 +819,8 @@ class LocalBackend(Backend):
                 environment,
                 replica.cgroup,
                 deployment.preloads.get(replica.version, []),
+                sandbox,
+                self._token_file(replica, spec.secret),
             )
         except (ZygoteError, OSError) as exc:
             self._crashed(deployment, replica, f"could not be launched: {exc}")
@@ -792,8 +828,11 @@ class LocalBackend(Backend):
         self._save(deployment, replica)
 
     def _limit(self, spec: DeploymentSpec, replica: _Replica) -> Cgroup | None:
-        """A fresh cgroup with the deployment's limits for this launch of ``replica``."""
+        """A fresh cgroup with the deployment's limits for this launch of ``replica`` (for a
+        sandboxed one without limits, where cgroups are writable: its cap on tasks)."""
         limits = Limits.of(spec.memory, spec.cpu)
+        if limits is None and self.isolation is not None and self._cgroups is not None:
+            limits = Limits()
         if limits is None:
             return None
         if self._cgroups is None:
@@ -803,6 +842,34 @@ class LocalBackend(Backend):
             )
         return self._cgroups.create(f"replica-{replica.id}", limits)
 
+    def _token_file(self, replica: _Replica, secret: str) -> Path:
+        """The file ``replica`` reads its API token from (0600, in the hidden data dir)."""
+        path = self._tokens / replica.id
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(secret)
+        tmp.replace(path)
+        return path
+
+    def _sandbox(
+        self, spec: DeploymentSpec, bundle: Path, environment: Environment, replica: _Replica
+    ) -> Profile | None:
+        """What ``replica``'s sandbox holds (None: it runs unsandboxed)."""
+        if self.isolation is None:
+            return None
+        shown = [bundle] if environment.path is None else [bundle, environment.path]
+        hidden = [self.data_dir]
+        if self.environments is not None:
+            hidden.append(self.environments.root)
+        return self.isolation.profile(
+            spec.owner,
+            shown=shown,
+            writable=job_folders(self.job_locations, spec.owner),
+            hidden=hidden,
+            limit_processes=replica.cgroup is None,
+        )
+
     async def _start_process(
         self,
         source: str,
@@ -811,22 +878,42 @@ class LocalBackend(Backend):
         environment: Environment,
         cgroup: Cgroup | None,
         preload: list[str],
+        sandbox: Profile | None,
+        token_file: Path,
     ) -> _Process:
+        """Start a replica: through the zygote, which never reads its token (the child reads
+        ``token_file``), else as a process of ours, whose token is in its environment."""
         if environment.python is not None:  # a separate environment: its own interpreter
-            return self._popen(
-                [str(environment.python), "-m", "model_runtime.runtime"],
-                {
-                    **self._environment(),
-                    LAUNCH_ENV: json.dumps({"source": source, "settings": settings}),
-                },
-                log_file,
-                cgroup,
-            )
+            command = [str(environment.python), "-m", "model_runtime.runtime"]
+            env = {
+                **self._environment(),
+                LAUNCH_ENV: json.dumps({"source": source, "settings": settings}),
+            }
+            zygote = await self._zygote.ensure() if self.settings.use_zygote else None
+            if sandbox is not None and zygote is not None:  # into its sandbox
+                pid = await anyio.to_thread.run_sync(
+                    lambda: spawn_command(
+                        zygote,
+                        command,
+                        env=env,
+                        log_file=log_file,
+                        cgroups=cgroup.procs if cgroup is not None else None,
+                        sandbox=sandbox,
+                        token_file=token_file,
+                        bind=(settings["host"], settings["port"]),
+                    )
+                )
+                return _Process(pid)
+            launch = {"source": source, "settings": {**settings, "api_token": _read(token_file)}}
+            env[LAUNCH_ENV] = json.dumps(launch)
+            return self._popen(command, env, log_file, cgroup, sandbox)
         sys_path = [str(environment.site)] if environment.site is not None else []
         socket_path = await self._zygote.ensure() if self.settings.use_zygote else None
         if socket_path is not None:
-            # An overlay's replicas come from a warm launcher with its packages imported.
-            warm_key = environment.key if environment.site is not None else None
+            # An overlay's replicas come from a warm launcher with its packages imported
+            # (unless sandboxed: see the module docstring).
+            warm = environment.site is not None and sandbox is None
+            warm_key = environment.key if warm else None
             pid = await anyio.to_thread.run_sync(
                 lambda: spawn(
                     socket_path,
@@ -837,25 +924,39 @@ class LocalBackend(Backend):
                     warm_key=warm_key,
                     preload=preload,
                     cgroups=cgroup.procs if cgroup is not None else None,
+                    sandbox=sandbox,
+                    token_file=token_file,
+                    bind=(settings["host"], settings["port"]),
                 )
             )
             return _Process(pid)
         env = self._environment()
         if sys_path:
             env["PYTHONPATH"] = os.pathsep.join([*sys_path, *filter(None, [env.get("PYTHONPATH")])])
-        env["HUBSERVE_RUNTIME_API_TOKEN"] = settings["api_token"]
+        env["HUBSERVE_RUNTIME_API_TOKEN"] = _read(token_file)
         env["HUBSERVE_RUNTIME_BATCHING"] = json.dumps(settings["batching"])
-        env["HUBSERVE_RUNTIME_CACHE_DIR"] = settings["cache_dir"]
         if "job_locations" in settings:
             env["HUBSERVE_RUNTIME_JOB_LOCATIONS"] = json.dumps(settings["job_locations"])
         command = [sys.executable, "-m", "model_runtime.cli", "serve", source]
         command += ["--host", settings["host"], "--port", str(settings["port"])]
         command += ["--threads", str(settings["threads"]), "--env", "none"]
-        return self._popen(command, env, log_file, cgroup)
+        return self._popen(command, env, log_file, cgroup, sandbox)
 
     def _popen(
-        self, command: list[str], env: dict[str, str], log_file: Path, cgroup: Cgroup | None
+        self,
+        command: list[str],
+        env: dict[str, str],
+        log_file: Path,
+        cgroup: Cgroup | None,
+        sandbox: Profile | None,
     ) -> _Process:
+        if sandbox is not None:  # the wrapper joins the cgroups, then makes the sandbox
+            wrapper = [sys.executable, "-m", "model_runtime.sandbox"]
+            for procs in cgroup.procs if cgroup is not None else []:
+                wrapper += ["--cgroup", procs]
+            command = [*wrapper, "--", *command]
+            env = {**env, PROFILE_ENV: sandbox.dumps()}
+            cgroup = None
         with log_file.open("ab") as out:
             popen = subprocess.Popen(
                 command,
@@ -902,6 +1003,7 @@ class LocalBackend(Backend):
     def _forget(self, deployment: _Deployment, replica: _Replica) -> None:
         deployment.replicas.pop(replica.id, None)
         (self._state_dir / f"{replica.id}.json").unlink(missing_ok=True)
+        (self._tokens / replica.id).unlink(missing_ok=True)
         if replica.cgroup is not None:
             replica.cgroup.remove()
 
@@ -930,6 +1032,7 @@ class LocalBackend(Backend):
             "port": replica.port,
             "pid": replica.process.pid,
             "restarts": replica.restarts,
+            "sandboxed": replica.sandboxed,
             "started_at": replica.started_at.isoformat(),
         }
         path = self._state_dir / f"{replica.id}.json"
@@ -949,7 +1052,8 @@ class LocalBackend(Backend):
             return None, ""
         process = _Process(pid)
         spec = wanted.get(key)
-        if spec is not None and process.alive():
+        sandboxed = bool(record.get("sandboxed", False))
+        if spec is not None and sandboxed == (self.isolation is not None) and process.alive():
             replica = _Replica(
                 id=str(record["id"]),
                 generation=int(record["generation"]),
@@ -959,10 +1063,16 @@ class LocalBackend(Backend):
                 process=process,
                 restarts=int(record.get("restarts", 0)),
                 started_at=datetime.fromisoformat(record["started_at"]),
+                sandboxed=bool(record.get("sandboxed", False)),
             )
-            if await self._answers_with_secret(replica, spec.secret):
+            # The secret goes only to the recorded process's own socket: a replica that died
+            # may have left its port to another (a model on the same loopback).
+            owned = await anyio.to_thread.run_sync(_listens_on, pid, port)
+            if owned and await self._answers_with_secret(replica, spec.secret):
                 with contextlib.suppress(ValueError):
                     limits = Limits.of(spec.memory, spec.cpu)
+                    if limits is None and self.isolation is not None:
+                        limits = Limits()
                     if limits is not None and self._cgroups is not None:
                         name = f"replica-{replica.id}"
                         replica.cgroup = self._cgroups.existing(name, limits)
@@ -984,6 +1094,29 @@ class LocalBackend(Backend):
         except httpx.HTTPError:
             return False
         return response.status_code == 200
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the socket listening on 127.0.0.1:``port``."""
+    wanted = f"0100007F:{port:04X}"
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1] == wanted and fields[3] == "0A":  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return False
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if str(fd.readlink()) in inodes:
+                    return True
+    return False
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
 
 
 def _tail(path: Path, lines: int) -> list[str]:
@@ -1042,6 +1175,23 @@ def _disk_full(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _readable_by_all(root: Path) -> None:
+    """Let any user read ``root`` and what it holds (and enter its folders): sandboxed
+    replicas run as another user than the one that unpacked or built it. The folders above
+    stay closed; the sandbox shows ``root`` at its own path."""
+    for folder, _, files in os.walk(root):
+        _add_mode(Path(folder), 0o555)
+        for name in files:
+            _add_mode(Path(folder) / name, 0o444)
+
+
+def _add_mode(path: Path, bits: int) -> None:
+    with contextlib.suppress(OSError):
+        mode = path.lstat().st_mode
+        if not stat.S_ISLNK(mode) and mode & bits != bits:
+            path.chmod(stat.S_IMODE(mode) | bits)
 
 
 def _remove_tree(path: Path) -> None:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from types import FrameType
@@ -142,7 +143,8 @@ def serve(source: str, settings: RuntimeSettings) -> None:
     # place that ends the process with status 0, which supervisors read as a clean stop.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     app = build_app(source, settings)
-    uvicorn.Server(uvicorn.Config(app, **common)).run()  # type: ignore[arg-type]
+    sockets = None if settings.socket_fd is None else [socket.socket(fileno=settings.socket_fd)]
+    uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=sockets)  # type: ignore[arg-type]
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:

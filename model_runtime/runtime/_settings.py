@@ -53,6 +53,11 @@ class RuntimeSettings(BaseSettings):
     tls_key: Path | None = None
     access_log: bool = False
     cache_dir: Path | None = None
+    #: A socket bound to ``host``:``port`` by the process that started this runtime, to
+    #: listen on instead of binding: the local backend's launcher binds before any of the
+    #: bundle's code runs, so no other process (another replica, on the same loopback) can
+    #: take the port meanwhile and receive the gateway's secret.
+    socket_fd: int | None = None
 
     def torch_threads(self) -> int:
         if self.threads is not None:

@@ -16,11 +16,13 @@ zygote's loop; they are not the zygote's to supervise (their caller watches them
 health checks), so the zygote lets the kernel reap them.
 
 Protocol: one JSON line per connection, ``{"source", "settings", "env", "log_file",
-"sys_path", "warm_key", "preload", "cgroups"}``; the reply is ``{"pid": N}`` or
-``{"error": "..."}``. ``cgroups`` are ``cgroup.procs`` files the child joins before anything
-else (its resource limits). ``sys_path`` lists folders the child puts first on its path
-before the bundle is loaded: a bundle's overlay of extra packages (:mod:`model_runtime.envs`),
-which keeps the zygote's warm torch.
+"sys_path", "warm_key", "preload", "cgroups", "sandbox"}``, or ``{"exec": [command...],
+"env", "log_file", "cgroups", "sandbox"}`` to start a command instead
+(:func:`spawn_command`); the reply is ``{"pid": N}`` or ``{"error": "..."}``. ``cgroups``
+are ``cgroup.procs`` files the child joins before anything else (its resource limits).
+``sys_path`` lists folders the child puts first on its path before the bundle is loaded: a
+bundle's overlay of extra packages (:mod:`model_runtime.envs`), which keeps the zygote's
+warm torch.
 
 **Warm launchers.** An overlay's own packages still cost their import in every replica
 (scikit-learn and SciPy: about a second here). With ``warm_key`` (the environment's key) and
@@ -31,6 +33,20 @@ forwarded to it, so their replicas start with the environment's imports done. At
 :data:`MAX_WARM` live at once (the least recently used is stopped); one that cannot start
 (a module fails to import, or leaves threads behind) is never tried again, and launches for
 its key fork from the zygote itself.
+
+**Secrets.** Every runtime forked from the zygote starts with a copy of the zygote's memory,
+and what the zygote once read (freed, not erased) is in that copy. So the zygote never reads
+a secret: a request names a ``token_file`` instead of carrying the runtime's API token, and
+the child reads it after the fork, before any bundle code runs. A sandboxed runtime thus
+cannot find other deployments' tokens in its own memory.
+
+**Sandboxes.** A request with ``sandbox`` (a :class:`~model_runtime.sandbox.Profile`) forks
+a setup process that joins the cgroups, opens the log, makes the sandbox and forks the
+runtime as PID 1 of its own PID namespace, which drops to the profile's account before the
+bundle loads; the reply is that process's pid. The zygote is a child subreaper, so runtimes
+whose setup process has exited are still its children and reaped. Sandboxed launches never
+use warm launchers: a warm launcher imports an overlay's packages, which are code the
+deploying user chose, and that must not run as root outside a sandbox.
 """
 
 from __future__ import annotations
@@ -50,9 +66,12 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import HubserveError
+from ..sandbox import Profile, SandboxError, fork_sandboxed
+from ..sandbox._linux import become_subreaper
+from ._server import LAUNCH_ENV
 
 log = logging.getLogger("hubserve.zygote")
 
@@ -110,6 +129,8 @@ def run_zygote(socket_path: Path, *, parent: int | None = None) -> None:
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # in case numpy is not imported yet
     loaded = preload()
     _freeze()
+    with contextlib.suppress(OSError):
+        become_subreaper()  # sandboxed runtimes outlive their setup process
     warm = _WarmLaunchers(socket_path.parent / f"{socket_path.stem}-warm")
     try:
         _serve(socket_path, parent, warm, f"{len(loaded)} modules preloaded")
@@ -175,6 +196,12 @@ def _serve_one(conn: socket.socket, server: socket.socket, warm: _WarmLaunchers 
     except (ValueError, OSError) as exc:
         _reply(conn, {"error": str(exc)})
         return
+    if request.get("sandbox") is not None:  # never from a warm launcher: see the module doc
+        _reply(conn, _launch_sandboxed(request, (server, conn)))
+        return
+    if request.get("exec") is not None:
+        _reply(conn, _launch_command(request, (server, conn)))
+        return
     key = request.get("warm_key")
     if warm is not None and isinstance(key, str) and key:
         forwarded = warm.launch(key, request)
@@ -189,10 +216,74 @@ def _serve_one(conn: socket.socket, server: socket.socket, warm: _WarmLaunchers 
     if pid == 0:  # the child: never returns
         server.close()
         conn.close()
+        try:
+            _attach(request)
+            os.setsid()
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
         _become_runtime(request)
     _reply(conn, {"pid": pid})
     if warm is not None and isinstance(key, str) and key:
         warm.start(key, request, (server, conn))
+
+
+def _launch_sandboxed(
+    request: dict[str, Any], inherited: tuple[socket.socket, ...]
+) -> dict[str, Any]:
+    """Fork a runtime into the sandbox the request's profile describes; the reply."""
+    try:
+        profile = Profile.from_json(request["sandbox"])
+    except (KeyError, ValueError, TypeError) as exc:
+        return {"error": f"invalid sandbox profile: {exc}"}
+
+    def attach() -> None:
+        for sock in inherited:
+            sock.close()
+        _attach(request)
+
+    become = _run_command if request.get("exec") is not None else _become_runtime
+    try:
+        pid = fork_sandboxed(profile, lambda: become(request), before=attach)
+    except (SandboxError, OSError) as exc:
+        return {"error": str(exc)}
+    return {"pid": pid}
+
+
+def _launch_command(
+    request: dict[str, Any], inherited: tuple[socket.socket, ...]
+) -> dict[str, Any]:
+    """Fork a child that runs the request's command (``exec``) in its own session."""
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        return {"error": str(exc)}
+    if pid == 0:
+        for sock in inherited:
+            sock.close()
+        try:
+            _attach(request)
+            os.setsid()
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        _run_command(request)
+    return {"pid": pid}
+
+
+def _run_command(request: dict[str, Any]) -> NoReturn:
+    """Become the request's command, with exactly the request's environment (and, in a
+    sandbox, the account's variables)."""
+    argv = [str(a) for a in request["exec"]]
+    env = {str(k): str(v) for k, v in (request.get("env") or {}).items()}
+    for name in ("HOME", "TMPDIR", "USER", "LOGNAME"):  # set by the sandbox, if any
+        if name in os.environ and request.get("sandbox") is not None:
+            env[name] = os.environ[name]
+    try:
+        os.execve(argv[0], argv, env)  # noqa: S606 - the caller's command, not a shell
+    except BaseException as exc:
+        print(f"Error: cannot start {argv[0]}: {exc}", file=sys.stderr, flush=True)
+    os._exit(127)
 
 
 @dataclass
@@ -318,7 +409,14 @@ def _read_line(conn: socket.socket) -> bytes:
 
 def _read_request(conn: socket.socket) -> dict[str, Any]:
     request = json.loads(_read_line(conn))
-    if not isinstance(request, dict) or not isinstance(request.get("source"), str):
+    command = request.get("exec") if isinstance(request, dict) else None
+    if command is not None and (
+        not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command)
+    ):
+        raise ValueError('"exec" is a command: a non-empty list of strings')
+    if not isinstance(request, dict) or not (
+        isinstance(request.get("source"), str) or command is not None
+    ):
         raise ValueError('a launch request is {"source": ..., "settings": {...}, ...}')
     if not isinstance(request.get("log_file"), str):
         raise ValueError("a launch request needs a log_file")
@@ -330,19 +428,55 @@ def _reply(conn: socket.socket, message: dict[str, Any]) -> None:
         conn.sendall(json.dumps(message).encode() + b"\n")
 
 
-def _become_runtime(request: dict[str, Any]) -> None:
+def _attach(request: dict[str, Any]) -> None:
+    """In a new child, with the machine's view: join the request's cgroups (its limits,
+    before any of its code runs), read its API token, and send its output to its log file."""
+    for procs in request.get("cgroups") or []:
+        Path(procs).write_text("0")
+    if request.get("token_file"):
+        token = Path(request["token_file"]).read_text(encoding="utf-8").strip()
+        _add_setting(request, "api_token", token)
+    if request.get("bind"):  # the port, before any code of the bundle could take it
+        host, port = request["bind"]
+        # No SO_REUSEADDR, and not listening yet: no other socket can bind it meanwhile,
+        # and nothing connects before the runtime listens, once its model is loaded.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind((str(host), int(port)))
+        sock.set_inheritable(True)
+        _add_setting(request, "socket_fd", sock.detach())
+    log_fd = os.open(request["log_file"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null_fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null_fd, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(null_fd)
+    os.close(log_fd)
+
+
+def _add_setting(request: dict[str, Any], key: str, value: object) -> None:
+    """Add a runtime setting where the runtime reads them: the launch request of a command
+    (its :data:`LAUNCH_ENV`), or the settings of a runtime forked from here."""
+    env = request.get("env") or {}
+    if request.get("exec") is not None and LAUNCH_ENV in env:
+        launch = json.loads(env[LAUNCH_ENV])
+        launch.setdefault("settings", {})[key] = value
+        env[LAUNCH_ENV] = json.dumps(launch)
+    else:
+        request.setdefault("settings", {})[key] = value
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # An explicit handler, not SIG_DFL: a sandboxed runtime is PID 1 of its namespace, and
+    # the kernel drops signals PID 1 has no handler for. uvicorn installs its own later.
+    raise SystemExit(128 + signum)
+
+
+def _become_runtime(request: dict[str, Any]) -> NoReturn:
     code = 1
     try:
-        for procs in request.get("cgroups") or []:  # its limits, before any of its code runs
-            Path(procs).write_text("0")
-        os.setsid()
-        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGCHLD, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
-        log_fd = os.open(request["log_file"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        null_fd = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null_fd, 0)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
         _add_to_path([str(p) for p in request.get("sys_path") or []])
         from . import RuntimeSettings, serve
@@ -374,6 +508,9 @@ def spawn(
     warm_key: str | None = None,
     preload: list[str] | None = None,
     cgroups: list[str] | None = None,
+    sandbox: Profile | None = None,
+    token_file: Path | None = None,
+    bind: tuple[str, int] | None = None,
     timeout: float = 10.0,
 ) -> int:
     """Ask the zygote at ``socket_path`` to launch a runtime; return the runtime's pid.
@@ -381,6 +518,11 @@ def spawn(
     ``warm_key`` and ``preload`` (an overlay's key and modules) let the zygote keep a warm
     launcher for that environment (see the module docstring). ``cgroups``: the
     ``cgroup.procs`` files the runtime joins before it loads anything (its limits).
+    ``sandbox``: the runtime runs in that sandbox (:mod:`model_runtime.sandbox`), entered
+    after the fork, and the pid is the sandboxed process's. ``token_file``: a file the child
+    reads its API token from (the zygote itself never reads it: see the module docstring).
+    ``bind``: the child binds that address before it loads anything, and the runtime
+    listens on that socket (see ``RuntimeSettings.socket_fd``).
     """
     message: dict[str, Any] = {
         "source": source,
@@ -390,12 +532,53 @@ def spawn(
         "sys_path": sys_path or [],
         "cgroups": cgroups or [],
     }
-    if warm_key:
+    if token_file is not None:
+        message["token_file"] = str(token_file)
+    if bind is not None:
+        message["bind"] = list(bind)
+    if sandbox is not None:
+        message["sandbox"] = sandbox.to_json()
+    elif warm_key:
         message["warm_key"] = warm_key
         message["preload"] = preload or []
     reply = _exchange(socket_path, message, timeout)
     if "error" in reply:
         raise ZygoteError(f"the zygote refused to launch {source}: {reply['error']}")
+    return int(reply["pid"])
+
+
+def spawn_command(
+    socket_path: Path,
+    command: list[str],
+    *,
+    env: dict[str, str],
+    log_file: Path,
+    cgroups: list[str] | None = None,
+    sandbox: Profile | None = None,
+    token_file: Path | None = None,
+    bind: tuple[str, int] | None = None,
+    timeout: float = 10.0,
+) -> int:
+    """Ask the zygote to start ``command`` (with exactly ``env``) as it starts runtimes: in
+    its own session, its output in ``log_file``, in ``cgroups`` and ``sandbox`` if given;
+    its pid. For runtimes under another interpreter (a bundle's separate environment), which
+    gain nothing from the zygote's imports but, sandboxed, its way into a sandbox: no
+    process stays behind to wait for them."""
+    message: dict[str, Any] = {
+        "exec": command,
+        "env": env,
+        "log_file": str(log_file),
+        "cgroups": cgroups or [],
+    }
+    if token_file is not None:
+        message["token_file"] = str(token_file)
+    if bind is not None:
+        message["bind"] = list(bind)
+    if sandbox is not None:
+        message["sandbox"] = sandbox.to_json()
+    reply = _exchange(socket_path, message, timeout)
+    if "error" in reply:
+        raise ZygoteError(f"the zygote refused to start {command[0]}: {reply['error']}")
     return int(reply["pid"])
 
 

@@ -31,6 +31,7 @@ from hub_service._settings import HubServiceSettings
 from hub_service.app import create_app
 from hub_service.auth import HubUser
 from hub_service.backends._cgroups import CgroupTree
+from hub_service.backends._isolation import Isolation
 from hub_service.backends.local import (
     OWNER_ENV,
     LocalBackend,
@@ -61,6 +62,7 @@ def _client(
     store: LocalStore,
     job_locations: list[str] | None = None,
     environments: EnvironmentManager | None = None,
+    isolation: Isolation | None = None,
     **backend: Any,
 ) -> TestClient:
     tokens = tmp_path / "tokens.json"
@@ -74,6 +76,7 @@ def _client(
         LocalBackendSettings(health_interval=0.2, **backend),
         job_locations=settings.job_locations,
         environments=environments,
+        isolation=isolation,
     )
     return TestClient(create_app(settings, store=store, backend=local))
 
@@ -123,10 +126,16 @@ def test_replicas_without_the_zygote_and_large_bodies(direct: TestClient) -> Non
     assert len(response.json()) == 2
 
 
+#: Sandboxed replicas of the tests without a hub run as nobody (the service's default user,
+#: hubserve-models, is made by `make test`; nobody is on every machine).
+SANDBOX = Isolation(user="nobody", tmp_size=64 << 20)
+
+
 @pytest.mark.parametrize("use_zygote", [False, True], ids=["serve", "zygote"])
 def test_jobs_are_confined_to_the_services_job_locations(tmp_path: Path, use_zygote: bool) -> None:
-    """``HUBSERVE_JOB_LOCATIONS`` reaches every replica, however it is launched: a caller
-    cannot make a job read or write outside those folders."""
+    """``HUBSERVE_JOB_LOCATIONS`` reaches every replica, however it is launched (both
+    sandboxed): a caller cannot make a job read or write outside those folders, and a job
+    inside them reads and writes as the sandbox's user."""
     sink = build_bundle(f"{SINK_SERVICE}:service", output_dir=tmp_path / "build")
     store = LocalStore(tmp_path / "store")
     store.push(sink.archive, owner="alice")
@@ -134,7 +143,10 @@ def test_jobs_are_confined_to_the_services_job_locations(tmp_path: Path, use_zyg
     for folder in (allowed / "in", elsewhere):
         folder.mkdir(parents=True)
         np.save(folder / "a.npy", np.zeros(2, dtype=np.float32))
-    with _client(tmp_path, store, [str(allowed)], use_zygote=use_zygote) as client:
+    allowed.chmod(0o777)  # the sandbox's user writes the output
+    with _client(
+        tmp_path, store, [str(allowed)], isolation=SANDBOX, use_zygote=use_zygote
+    ) as client:
         response = client.post(f"{PREFIX}/api/deployments", json={"model": "sink"}, headers=ALICE)
         assert response.status_code == 201, response.text
         _wait(client, lambda s: s["phase"] == "ready", name="sink")
@@ -146,6 +158,18 @@ def test_jobs_are_confined_to_the_services_job_locations(tmp_path: Path, use_zyg
         inside = {"input": str(allowed / "in"), "output": str(allowed / "out")}
         response = client.post(jobs, json=inside, headers=ALICE)
         assert response.status_code == 202, response.text
+        assert _job_state(client, f"{jobs[: -len('/invert')]}/{response.json()['id']}") == (
+            "succeeded"
+        )
+        np.testing.assert_array_equal(np.load(allowed / "out" / "a" / "inverted.npy"), np.zeros(2))
+
+
+def _job_state(client: TestClient, url: str, headers: dict[str, str] = ALICE) -> str:
+    deadline = time.monotonic() + 30
+    while (state := client.get(url, headers=headers).json()["state"]) in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return str(state)
 
 
 def test_replicas_share_the_cpus(tmp_path: Path, store: LocalStore) -> None:
@@ -259,9 +283,10 @@ def test_migrations_match_the_models(tmp_path: Path) -> None:
 
 
 def test_user_job_locations_give_each_caller_their_own_folder(tmp_path: Path) -> None:
-    """``{user}`` in ``HUBSERVE_JOB_LOCATIONS``: on one public deployment, alice's jobs may
-    use ``<root>/alice`` but not ``<root>/bob``, and bob's the other way round; the gateway
-    names the caller, and a forged ``x-hubserve-user`` changes nothing."""
+    """``{user}`` in ``HUBSERVE_JOB_LOCATIONS``: on one public deployment (unsandboxed: a
+    sandbox shows its owner's folders only, see the next test), alice's jobs may use
+    ``<root>/alice`` but not ``<root>/bob``, and bob's the other way round; the gateway names
+    the caller, and a forged ``x-hubserve-user`` changes nothing."""
     sink = build_bundle(f"{SINK_SERVICE}:service", output_dir=tmp_path / "build")
     store = LocalStore(tmp_path / "store")
     store.push(sink.archive, owner="alice")
@@ -307,17 +332,56 @@ def test_user_job_locations_give_each_caller_their_own_folder(tmp_path: Path) ->
             accepted = client.post(f"{jobs}/invert", json=job(name), headers=caller)
             assert accepted.status_code == 202, accepted.text
             url = f"{jobs}/{accepted.json()['id']}"
-            deadline = time.monotonic() + 30
-            while (state := client.get(url, headers=caller).json()["state"]) in (
-                "queued",
-                "running",
-            ):
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-            assert state == "succeeded"
+            assert _job_state(client, url, caller) == "succeeded"
             np.testing.assert_array_equal(
                 np.load(root / name / "out" / "a" / "inverted.npy"), -np.ones(2)
             )
+
+
+def test_a_sandbox_shows_its_owners_job_folders_only(tmp_path: Path) -> None:
+    """Sandboxed, alice's deployment shared with bob writes into alice's folder for her, and
+    never sees bob's (she shared it without his say): his job there fails, his folder stays
+    as it was."""
+    sink = build_bundle(f"{SINK_SERVICE}:service", output_dir=tmp_path / "build")
+    store = LocalStore(tmp_path / "store")
+    store.push(sink.archive, owner="alice")
+    root = tmp_path / "jobs"
+    for user in ("alice", "bob"):
+        (root / user / "in").mkdir(parents=True)
+        (root / user).chmod(0o777)  # writable by the sandbox's user (nobody here)
+        np.save(root / user / "in" / "a.npy", np.ones(2, dtype=np.float32))
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(
+        json.dumps({"alice-token-123": {"name": "alice"}, "bob-token-456": {"name": "bob"}})
+    )
+    settings = HubServiceSettings(
+        static_token_file=tokens, data_dir=tmp_path / "data", job_locations=[f"{root}/{{user}}"]
+    )
+    local = LocalBackend(
+        store,
+        settings.data_dir,
+        LocalBackendSettings(health_interval=0.2),
+        job_locations=settings.job_locations,
+        isolation=SANDBOX,
+    )
+    bob = {"Authorization": "token bob-token-456"}
+    with TestClient(create_app(settings, store=store, backend=local)) as client:
+        response = client.post(
+            f"{PREFIX}/api/deployments",
+            json={"model": "sink", "access": {"users": ["bob"]}},
+            headers=ALICE,
+        )
+        assert response.status_code == 201, response.text
+        _wait(client, lambda s: s["phase"] == "ready", name="sink")
+        jobs = f"{PREFIX}/d/alice/sink/jobs"
+        for caller, name, outcome in ((ALICE, "alice", "succeeded"), (bob, "bob", "failed")):
+            job = {"input": f"{root}/{name}/in", "output": f"{root}/{name}/out"}
+            accepted = client.post(f"{jobs}/invert", json=job, headers=caller)
+            assert accepted.status_code == 202, accepted.text  # the runtime allows it ...
+            url = f"{jobs}/{accepted.json()['id']}"
+            assert _job_state(client, url, caller) == outcome  # ... the sandbox does not
+        assert (root / "alice" / "out" / "a" / "inverted.npy").is_file()
+        assert sorted(p.name for p in (root / "bob").iterdir()) == ["in"]
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ import importlib.util
 import io
 import json
 import os
+import pwd
 import queue
 import shutil
 import signal
@@ -40,6 +41,7 @@ import pytest
 
 from jupyter_extension.client import Client
 from model_runtime import build_bundle
+from tests.live_hub import shared_umask
 
 from .conftest import REPO, Hub, chp_path, free_port
 
@@ -246,9 +248,14 @@ def test_make_up_starts_the_stack_and_sigint_stops_all_of_it(stack: Stack) -> No
     assert int(mask.max()) < 4  # background, point, extended, artefact
     # A batch job like the notebook's, in the caller's home: HUBSERVE_JOB_LOCATIONS is
     # users/{user}, so boss's jobs may use boss's home and not alice's.
+    if os.geteuid() == 0:  # its replica is sandboxed, as the models' user make up made
+        replica = json.loads(next((state / "service/local/replicas").glob("*.json")).read_text())
+        owner = Path(f"/proc/{replica['pid']}").stat().st_uid
+        assert owner == pwd.getpwnam("hubserve-models").pw_uid
     homes = state.resolve() / "users"
     sky = homes / "boss" / "astro-work" / "sky"
-    sky.mkdir(parents=True, exist_ok=True)
+    with shared_umask():  # as a notebook in make up's JupyterLab makes folders
+        sky.mkdir(parents=True, exist_ok=True)
     np.save(sky / "field.npy", np.random.default_rng(1).normal(size=(64, 96)).astype(np.float32))
     jobs = f"{url}/services/hubserve/d/boss/astro/jobs"
     theirs = {"input": str(homes / "alice" / "sky"), "output": str(homes / "alice" / "out")}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +25,7 @@ import nbformat
 import pytest
 from astropy.io import fits
 
-from tests.live_hub import REPO, Hub
+from tests.live_hub import REPO, Hub, shared_umask
 
 from .test_notebook_e2e import as_notebook_user, cell, result, run_notebook, stream
 
@@ -52,15 +51,17 @@ def test_committed_without_outputs() -> None:
 
 
 @pytest.mark.timeout(300)
-def test_astro_notebook(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_astro_notebook(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
     user, token = as_notebook_user(hub, monkeypatch, "astro")
     monkeypatch.setenv("ASTRO_EXAMPLE_DIR", str(EXAMPLE))
     monkeypatch.setenv("MPLBACKEND", "agg")  # matplotlib, where installed, draws PNGs only
 
+    folder = hub.job_folder(user)  # the hub's job locations: the replicas work there
     started = time.monotonic()
-    nb = run_notebook(NOTEBOOK, tmp_path)
+    with shared_umask():
+        nb = run_notebook(NOTEBOOK, folder)
     seconds = time.monotonic() - started
-    work = tmp_path / "astro-work"
+    work = folder / "astro-work"
     key = f"{user}/astro-demo"
     print(f"astro notebook ran in {seconds:.1f} s")
 

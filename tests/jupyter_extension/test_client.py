@@ -39,6 +39,7 @@ from jupyter_extension.client import (
     _operations,
 )
 from model_runtime.bundle import extract_archive
+from tests.live_hub import shared_umask
 from tests.model_runtime.notebook import Notebook
 
 from .conftest import Hub, free_port
@@ -134,6 +135,7 @@ def user(hub: Hub) -> Iterator[User]:
     """A hub user whose notebook pushed two versions of the demo service (factor 2, then 3)."""
     name = hub.create_user("nb")
     token, _ = hub.create_token(name)
+    hub.job_folder(name)  # before any replica starts: sandboxes show what exists at launch
     with Client(hub.service_url, token) as client:
         who = User(name, token, client)
         notebook = Notebook()
@@ -353,15 +355,16 @@ def test_logs_of_each_replica(user: User, deployed: Deployment) -> None:
 
 
 def test_batch_job_over_a_directory(
-    user: User, deployed: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hub: Hub, user: User, deployed: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With two replicas: a job lives in one of them, and the gateway keeps sending its status
     calls there, query string included: pages of two items add up to the whole job."""
     monkeypatch.setattr(_operations, "JOB_ITEMS_PAGE", 2)
     user.client.scale(DEPLOYMENT, 2, wait=True, timeout=READY_TIMEOUT)
-    source, target = tmp_path / "in", tmp_path / "out"
-    source.mkdir()
-    target.mkdir()
+    source, target = hub.job_folder(user.name) / "in", hub.job_folder(user.name) / "out"
+    with shared_umask():
+        source.mkdir()
+        target.mkdir()
     for i in range(3):
         np.save(source / f"x{i}.npy", np.full((2, 2), i, dtype=np.float32))
     job = user.client.submit_job(DEPLOYMENT, "negate", str(source), str(target))

@@ -170,3 +170,60 @@ def test_zygote_exits_when_its_parent_died_during_its_imports(tmp_path: Path) ->
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def _zygote_pid(socket_path: Path) -> int:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if str(socket_path).encode() in (entry / "cmdline").read_bytes():
+                    return int(entry.name)
+    raise AssertionError("no zygote process")
+
+
+def _memory_holds(pid: int, needle: bytes) -> bool:
+    """Whether ``needle`` is anywhere in the readable memory of ``pid`` (root reads it)."""
+    with Path(f"/proc/{pid}/maps").open() as maps, Path(f"/proc/{pid}/mem").open("rb") as mem:
+        for line in maps:
+            bounds, perms = line.split()[:2]
+            if not perms.startswith("r"):
+                continue
+            start, end = (int(x, 16) for x in bounds.split("-"))
+            with contextlib.suppress(OSError, OverflowError, ValueError):
+                mem.seek(start)
+                if needle in mem.read(end - start):
+                    return True
+    return False
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reads another process's memory")
+def test_the_token_stays_out_of_the_zygotes_memory(
+    zygote: Path, sink_bundle: BuiltBundle, tmp_path: Path
+) -> None:
+    """Runtimes forked later copy the zygote's memory: a token named by ``token_file`` is read
+    by the child only, and the runtime requires it."""
+    token = "tok-" + os.urandom(16).hex()
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    port = free_port()
+    pid = spawn(
+        zygote,
+        str(sink_bundle.archive),
+        log_file=tmp_path / "runtime.log",
+        settings={"port": port, "threads": 1},
+        token_file=token_file,
+    )
+    url = f"http://127.0.0.1:{port}/predict"
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.post(url, json=ROWS.tolist(), timeout=2).status_code == 401:
+                break
+        assert time.monotonic() < deadline, (tmp_path / "runtime.log").read_text()
+        time.sleep(0.02)
+    answer = httpx.post(url, json=ROWS.tolist(), headers={"x-hubserve-token": token}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert _memory_holds(pid, token.encode())  # the check can see it where it is
+    assert not _memory_holds(_zygote_pid(zygote), token.encode())
+    os.kill(pid, signal.SIGTERM)
+    assert _gone(pid)
