@@ -14,6 +14,10 @@ with only what serving needs:
 * **an unprivileged account**: never root, never the service's user; every capability
   dropped, also from the bounding set, and ``no_new_privs`` set, so nothing it runs can
   gain any back; a cap on open files;
+* **fewer system calls** (seccomp): no new namespaces (a user namespace would hand it
+  capabilities over parts of the kernel less guarded than the rest), no mounts, kernel
+  keyrings (shared by every process of an account), BPF, perf events, userfaultfd or
+  io_uring, and no setuid or setgid bits on the files it may write;
 * the machine's **network** (loopback included: that is how the gateway reaches it, and
   how batch jobs reach their stores).
 
@@ -21,13 +25,14 @@ Memory, CPU and the number of tasks are the cgroups' part (the local backend's
 ``_cgroups``); a replica joins its cgroups before the sandbox is made.
 
 It is built from the kernel's primitives directly (``unshare``, ``mount``,
-``mount_setattr``, ``prctl``), as bubblewrap does, but inside the process that will run the
-model: a replica forked from the zygote enters its sandbox in the child, after the fork and
-before any bundle code runs, and keeps the zygote's warm imports (``bwrap`` would mean a new
-process and a cold interpreter). :func:`run_sandboxed` (``python -m model_runtime.sandbox``)
-does the same for a command started from outside, a bundle's separate environment among
-them. Making one needs root (it is the service that runs as root, never the model), Linux
-5.12 or newer, and namespaces allowed; :func:`probe` tells.
+``mount_setattr``, ``openat2``, ``prctl``, a seccomp filter), as bubblewrap does, but
+inside the process that will run the model: a replica forked from the zygote enters its
+sandbox in the child, after the fork and before any bundle code runs, and keeps the
+zygote's warm imports (``bwrap`` would mean a new process and a cold interpreter).
+:func:`run_sandboxed` (``python -m model_runtime.sandbox``) does the same for a command
+started from outside (the local backend's way when it has no zygote). Making one needs root
+(it is the service that runs as root, never the model), Linux 5.12 or newer, and namespaces
+allowed; :func:`probe` tells.
 """
 
 from ._enter import fork_sandboxed, probe, run_sandboxed

@@ -48,7 +48,8 @@ def fork_sandboxed(
     (the zygote is), or the sandboxed process is re-parented to the machine's init.
     """
     read_end, write_end = os.pipe()
-    if os.fork() == 0:
+    setup = os.fork()
+    if setup == 0:
         os.close(read_end)
         code = 1
         try:
@@ -70,6 +71,10 @@ def fork_sandboxed(
     os.close(write_end)
     try:
         answer = _read_answer(read_end)
+    except SandboxError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(setup, signal.SIGKILL)  # it must not start a runtime nobody knows of
+        raise
     finally:
         os.close(read_end)
     if answer.startswith("!"):
@@ -170,17 +175,13 @@ def probe(profile: Profile) -> None:
 
 def _build(profile: Profile) -> None:
     """In the setup process: new namespaces, and the sandbox's files (see Profile)."""
-    hidden = [os.path.realpath(f) for f in profile.hidden if Path(f).is_dir()]
+    hidden = [os.path.realpath(f) for f in profile.hidden if Path(f).exists()]
     _linux.unshare(_NAMESPACES)
     _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
     # Opened now, in the new mount namespace, before hiding covers them.
     system = _open_all(interpreter_folders(), required=True)
     read_only = _open_all(profile.read_only, required=True)
-    writable = _open_all(
-        [w for w in profile.writable if not any(w == h or _inside(w, h) for h in hidden)],
-        required=False,
-        resolve=False,
-    )
+    writable = _open_all(profile.writable, required=False, resolve=False)
     made: list[str] = []  # our own tmpfs mounts: the only places a mount point may be created
     for folder in ALWAYS_HIDDEN:
         if Path(folder).is_dir():
@@ -191,7 +192,7 @@ def _build(profile: Profile) -> None:
             made.append(folder)
     _devices(profile)
     _show(system, made)
-    _hide([h for h in hidden if Path(h).is_dir()], made)  # those not hidden already
+    _hide([h for h in hidden if Path(h).exists()], made)  # those not hidden already
     shown_writable = _show(writable, made)
     # A job folder may hold hidden ones (a data folder below the jobs' root): hide them again.
     _hide([h for h in hidden if any(_inside(h, w) for w in shown_writable)], made)
@@ -225,11 +226,15 @@ def _open_all(
     return opened
 
 
-def _hide(folders: Sequence[str], made: list[str]) -> None:
-    """An empty read-only folder in place of each of ``folders``."""
-    for folder in folders:
-        _tmpfs(folder, "mode=755,size=1m")
-        made.append(folder)
+def _hide(paths: Sequence[str], made: list[str]) -> None:
+    """An empty read-only folder in place of each folder of ``paths``, and our ``/dev/null``
+    in place of each file (unreadable there: the mount is ``nodev``)."""
+    for path in paths:
+        if Path(path).is_dir():
+            _tmpfs(path, "mode=755,size=1m")
+            made.append(path)
+        else:
+            _linux.mount("/dev/null", path, None, _linux.MS_BIND)
 
 
 def _tmpfs(target: str, options: str) -> None:

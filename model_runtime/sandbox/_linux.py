@@ -164,7 +164,9 @@ _RET = 0x06  # BPF_RET | BPF_K
 _CLONE_NAMESPACES = 0x7E020000  # NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
 _SETUID_BITS = 0o6000
 
-#: Per architecture: (AUDIT_ARCH, denied system calls, clone, clone3, {chmod call: mode arg}).
+#: Per architecture: (AUDIT_ARCH, denied system calls, clone, answered "not implemented"
+#: (clone3, openat2: their arguments are out of a filter's reach, and libc falls back to
+#: clone and openat), {a call that sets a file's mode: the mode's argument}).
 #: Denied: new namespaces and joining others (a user namespace hands out capabilities over
 #: the kernel's less guarded interfaces), mounting, kernel keyrings shared by every process
 #: of the account, BPF, perf events, userfaultfd and io_uring (large attack surfaces).
@@ -178,15 +180,16 @@ _SYSCALLS = {
         # userfaultfd
         (272, 308, 165, 166, 155, 250, 248, 249, 321, 298, 323, *_NEW_MOUNT_API_AND_IO_URING),
         56,
-        435,
-        {90: 1, 91: 1, 268: 2, 452: 2},  # chmod fchmod fchmodat fchmodat2
+        (435, 437),
+        # chmod fchmod fchmodat fchmodat2 open openat creat mknod mknodat
+        {90: 1, 91: 1, 268: 2, 452: 2, 2: 2, 257: 3, 85: 1, 133: 1, 259: 2},
     ),
     "aarch64": (
         0xC00000B7,
         (97, 268, 40, 39, 41, 219, 217, 218, 280, 241, 282, *_NEW_MOUNT_API_AND_IO_URING),
         220,
-        435,
-        {52: 1, 53: 2, 452: 2},  # fchmod fchmodat fchmodat2
+        (435, 437),
+        {52: 1, 53: 2, 452: 2, 56: 3, 33: 2},  # fchmod fchmodat fchmodat2 openat mknodat
     ),
 }
 
@@ -210,7 +213,7 @@ _Instruction = tuple[int | str, int | str, int | str, int]
 
 
 def _seccomp_program(machine: str) -> list[_Instruction]:
-    arch, denied, clone, clone3, chmods = _SYSCALLS[machine]
+    arch, denied, clone, not_implemented, modes = _SYSCALLS[machine]
     program: list[_Instruction] = [
         (_LD_ABS, 0, 0, 4),
         (_JEQ, 0, "kill", arch),
@@ -219,13 +222,13 @@ def _seccomp_program(machine: str) -> list[_Instruction]:
     if machine == "x86_64":  # the x32 ABI's numbers would bypass the list
         program.append((_JGE, "enosys", 0, 0x40000000))
     program += [(_JEQ, "eperm", 0, nr) for nr in denied]
-    program.append((_JEQ, "enosys", 0, clone3))  # glibc falls back to clone, checked below
+    program += [(_JEQ, "enosys", 0, nr) for nr in not_implemented]
     program.append((_JEQ, "clone", 0, clone))
-    program += [(_JEQ, f"mode{arg}", 0, nr) for nr, arg in chmods.items()]
+    program += [(_JEQ, f"mode{arg}", 0, nr) for nr, arg in modes.items()]
     program.append((_RET, 0, 0, _RET_ALLOW))
     program += [("clone", 0, 0, 0), (_LD_ABS, 0, 0, 16)]
     program.append((_JSET, "eperm", "allow", _CLONE_NAMESPACES))
-    for arg in sorted(set(chmods.values())):
+    for arg in sorted(set(modes.values())):
         program += [(f"mode{arg}", 0, 0, 0), (_LD_ABS, 0, 0, 16 + 8 * arg)]
         program.append((_JSET, "eperm", "allow", _SETUID_BITS))
     program += [

@@ -67,11 +67,13 @@ class Profile:
     """One sandbox: who runs in it and which folders it sees.
 
     Everything on the machine is read-only in it; of that, :data:`ALWAYS_HIDDEN` and
-    ``hidden`` are replaced by empty folders. ``read_only`` folders (a bundle, its
-    environment) are then shown again read-only, and ``writable`` ones (job folders)
-    read-write, at their own paths. The interpreter's folders are always shown. ``/tmp``
-    is a private ``tmp_size``-byte tmpfs, ``/dev`` has only the harmless devices, and
-    ``/proc`` shows the sandbox's own processes.
+    ``hidden`` are replaced by empty folders (a hidden file by an unreadable one).
+    ``writable`` folders (job folders) are then shown read-write, at their own paths, with
+    whatever ``hidden`` holds within them hidden again; one reached through a symbolic link
+    is left out (a user may have made the link, to lead it into hidden files). Last,
+    ``read_only`` folders (a bundle, its environment) are shown read-only. The interpreter's
+    folders are always shown. ``/tmp`` is a private ``tmp_size``-byte tmpfs, ``/dev`` has
+    only the harmless devices, and ``/proc`` shows the sandbox's own processes.
     """
 
     account: Account

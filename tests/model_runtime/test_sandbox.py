@@ -63,11 +63,14 @@ def test_forked_process_sees_only_what_its_profile_shows(tmp_path: Path, nobody:
     private = jobs / "private"  # hidden, though inside a job folder
     private.mkdir()
     (private / "key").write_text("k")
+    credentials = jobs / "credentials.env"  # a hidden file, in a folder it sees
+    credentials.write_text("S3_SECRET=x")
+    credentials.chmod(0o644)
     profile = Profile(
         nobody,
         read_only=(str(bundle),),
         writable=(str(jobs),),
-        hidden=(str(tmp_path / "data"), str(private)),
+        hidden=(str(tmp_path / "data"), str(private), str(credentials)),
         tmp_size=4 << 20,
     )
     report_file = jobs / "report.json"
@@ -93,10 +96,13 @@ def test_forked_process_sees_only_what_its_profile_shows(tmp_path: Path, nobody:
             "other bundle": attempt(lambda: list(other.iterdir())),
             "other jobs": attempt(lambda: list(elsewhere.iterdir())),
             "hidden in jobs": attempt((private / "key").read_text),
+            "hidden file": attempt(credentials.read_text),
             "linked job folder": attempt(lambda: list(sneaky.iterdir())),
             "user namespace": _errno_of(lambda: libc.unshare(0x10000000)),  # CLONE_NEWUSER
             "mount": _errno_of(lambda: libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)),
             "setuid bit": attempt(lambda: Path("/tmp/big").chmod(0o4755)),
+            "setuid file": attempt(lambda: os.open("/tmp/suid", os.O_CREAT | os.O_WRONLY, 0o4755)),
+            "plain file": attempt(lambda: os.close(os.open("/tmp/plain", os.O_CREAT, 0o755))),
             "threads": attempt(lambda: _run_thread()),
             "etc write": attempt(lambda: Path("/etc/hubserve-test").write_text("x")),
             "tmp": attempt(lambda: Path("/tmp/big").write_bytes(b"x" * (8 << 20))),
@@ -119,8 +125,10 @@ def test_forked_process_sees_only_what_its_profile_shows(tmp_path: Path, nobody:
     assert report["other jobs"] == "FileNotFoundError 2"
     assert report["hidden in jobs"] == "FileNotFoundError 2"
     assert report["linked job folder"] == "FileNotFoundError 2"  # not shown at all
+    assert report["hidden file"] == "PermissionError 13"  # a device node on a nodev mount
     assert report["user namespace"] == report["mount"] == 1  # EPERM, from the seccomp filter
-    assert report["setuid bit"] == "PermissionError 1"
+    assert report["setuid bit"] == report["setuid file"] == "PermissionError 1"
+    assert report["plain file"] == "ok None"
     assert report["threads"] == "ok 'ran'"  # clone3 refused: glibc falls back to clone
     assert report["etc write"] == "OSError 30"
     assert report["tmp"] == "OSError 28"  # ENOSPC: its /tmp is 4 MiB
