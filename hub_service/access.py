@@ -9,7 +9,8 @@ Two kinds of rights, deliberately simple:
 * **Calling** a deployment through the gateway is for its owner, hub admins, and whoever its
   :class:`Grants` name: hub users by name, members of hub groups, or every hub user
   (``public``). Granted callers may also read the deployment's status (to find its URL and
-  APIs), but not change it.
+  APIs), but not change it. To anybody else a deployment is invisible on the gateway too
+  (404, the API's answer), so its existence does not leak there either.
 
 Anonymous callers never get anywhere: every route but health requires a hub identity (see
 :mod:`hub_service.auth`), so ``public`` means "every hub user", not "the internet".

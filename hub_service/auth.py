@@ -26,9 +26,10 @@ Concepts:
   ``access:services!service=<name>``: held as is, or as the unfiltered ``access:services``
   (see :func:`has_scope`). Being a hub admin grants nothing by itself; admins pass because
   the hub gives their tokens ``access:services`` — and a restricted admin token does not.
-* **Errors.** 401 (with ``WWW-Authenticate``) when there are no credentials, 403 for a bad,
-  revoked or under-scoped token, 503 when the hub cannot be asked. Error bodies are fixed
-  strings: they never contain the token.
+* **Errors.** 401 (with ``WWW-Authenticate``) when there are no usable credentials: none,
+  or a malformed, unknown, expired or revoked token; 403 only for a valid token that lacks
+  the scope; 503 when the hub cannot be asked. Error bodies are fixed strings: they never
+  contain the token.
 
 :func:`require_user` is the FastAPI dependency that ties these together. FastAPI reads and
 validates a request's body before it runs dependencies, so routes that take a body are
@@ -174,6 +175,10 @@ class TokenRejected(Exception):
     """The hub does not know the token (invalid, expired or revoked), or it is no user's."""
 
 
+class NotAUsersToken(TokenRejected):
+    """The token is valid, but a service's (or another non-user's): hubserve serves users."""
+
+
 class HubUnavailable(Exception):
     """The hub could not be asked (network error, timeout, unexpected answer)."""
 
@@ -210,7 +215,10 @@ class HubAuthenticator:
         self._accepted: TTLCache[HubUser] = TTLCache(
             settings.cache_size, settings.positive_ttl, clock
         )
-        self._rejected: TTLCache[bool] = TTLCache(settings.cache_size, settings.negative_ttl, clock)
+        #: Tokens the hub refused (True), or found to be no user's ("not a user").
+        self._rejected: TTLCache[bool | str] = TTLCache(
+            settings.cache_size, settings.negative_ttl, clock
+        )
         #: Users by token key, kept ``hub_outage_grace`` seconds after the hub last accepted
         #: the token: what a hub outage falls back on.
         self._confirmed: TTLCache[HubUser] = TTLCache(
@@ -234,16 +242,17 @@ class HubAuthenticator:
         user = self._accepted.get(key)
         if user is not None:
             return user
-        if self._rejected.get(key):
-            raise TokenRejected
+        rejected = self._rejected.get(key)
+        if rejected:
+            raise NotAUsersToken if rejected == "not a user" else TokenRejected
         if self._in_outage and self._clock() - self._hub_failed_at < OUTAGE_RECHECK:
             return self._during_outage(key)  # a hub that hangs would make every call wait
         try:
             user = await self._ask_hub(token)
-        except TokenRejected:
+        except TokenRejected as exc:
             self._hub_is_back()
             self._confirmed.discard(key)
-            self._rejected.set(key, True)
+            self._rejected.set(key, "not a user" if isinstance(exc, NotAUsersToken) else True)
             raise
         except HubUnavailable:
             self._hub_failed_at = self._clock()
@@ -288,7 +297,7 @@ class HubAuthenticator:
         try:
             model: dict[str, Any] = response.json()
             if model.get("kind", "user") != "user":
-                raise TokenRejected
+                raise NotAUsersToken
             return HubUser.model_validate(model, from_attributes=False)
         except (ValueError, ValidationError, AttributeError):
             log.warning("hub API sent an unexpected user model")
@@ -375,7 +384,7 @@ async def require_user(request: Request) -> HubUser:
             raise _unauthorized(authenticator, "use 'Authorization: token <hub API token>'")
         token = token.strip()
         if not looks_like_token(token):
-            raise HTTPException(403, "invalid token")
+            raise _unauthorized(authenticator, "invalid token")
     else:
         session_token = authenticator.cookies.read_session(request)
         if session_token is None:
@@ -385,12 +394,14 @@ async def require_user(request: Request) -> HubUser:
         token, from_cookie = session_token, True
     try:
         user = await authenticator.resolve(token)
+    except NotAUsersToken:
+        raise HTTPException(403, "only hub users' tokens may use this service") from None
     except TokenRejected:
         if from_cookie:  # the session outlived its token: log in again
             if _is_browser(request):
                 raise LoginRequired(_here(request)) from None
             raise _unauthorized(authenticator, "session expired") from None
-        raise HTTPException(403, "invalid, expired or revoked token") from None
+        raise _unauthorized(authenticator, "invalid, expired or revoked token") from None
     except HubUnavailable:
         raise HTTPException(503, "the hub is not reachable, try again") from None
     if not authenticator.authorize(user):
@@ -405,8 +416,26 @@ class AuthenticatedRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
+        takes_json = self.body_field is not None
+
         async def authenticated(request: Request) -> Response:
+            if takes_json:
+                _json_unless_declared(request)
             await require_user(request)
             return await handler(request)
 
         return authenticated
+
+
+#: What ``curl -d`` (or a bare ``fetch``) labels a body it was not told the type of.
+_UNDECLARED = ("application/x-www-form-urlencoded", "text/plain")
+
+
+def _json_unless_declared(request: Request) -> None:
+    """Read a body labelled only by a client's default as the JSON it is (``curl -d
+    '{"model": "iris"}'`` just works); a body that does not parse is answered as usual."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media in _UNDECLARED:
+        headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+        request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
+        request.__dict__.pop("_headers", None)  # Starlette caches the headers it parsed

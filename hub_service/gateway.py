@@ -188,10 +188,9 @@ class Gateway:
 
     def _route(self, user: HubUser, owner: str, name: str) -> Route:
         route = self.state.routes.get(f"{owner}/{name}")
-        if route is None:
+        # One answer for both, as the API gives: a caller not granted cannot tell it exists.
+        if route is None or not can_call(user, owner, route.grants):
             raise HTTPException(404, f"deployment {owner}/{name} not found")
-        if not can_call(user, owner, route.grants):
-            raise HTTPException(403, f"{user.name} may not call the deployment {owner}/{name}")
         return route
 
     async def _forward(

@@ -79,11 +79,12 @@ class ServiceUnavailable(HubserveClientError):
 
 
 class Unauthorized(HubserveClientError):
-    """401: the service got no usable credentials."""
+    """401: the service got no usable credentials: none, or an invalid, expired or revoked
+    token."""
 
 
 class Forbidden(HubserveClientError):
-    """403: the token is invalid, revoked, lacks the scope to use hubserve, or may not do this."""
+    """403: the token is valid but lacks the scope to use hubserve, or may not do this."""
 
 
 class NotFound(HubserveClientError):

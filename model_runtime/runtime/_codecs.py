@@ -9,7 +9,8 @@ request gets a precise 4xx instead of a stack trace from deep inside torch.
 
 Errors a client can cause are :class:`CodecError` with the HTTP status to answer:
 
-* 400 -- the body is malformed (invalid JSON, CSV, ``.npy``, multipart, UTF-8);
+* 400 -- the body is empty (but for text and files), or malformed (invalid JSON, CSV,
+  ``.npy``, multipart, UTF-8);
 * 413 -- it would inflate past a limit (image and zip bombs);
 * 415 -- the content type is not one this kind accepts (the message lists those that are);
 * 422 -- it parses, but the value is wrong: dtype, shape, missing columns, not an image.
@@ -107,6 +108,9 @@ class Decoded:
 
 def decode(spec: IOSpec, body: bytes, content_type: str | None) -> Decoded:
     """Decode and validate a request body for an API whose input is ``spec``."""
+    if not body and spec.kind not in ("text", "file"):  # whatever its content type says
+        accepted = ", ".join(request_media_types(spec))
+        raise CodecError(f"the body is empty: send {spec.kind} input as one of: {accepted}", 400)
     media, params = _parse_media_type(content_type)
     return _DECODERS[spec.kind](spec, body, media, params)
 

@@ -8,11 +8,11 @@ is allowed (chosen so it changes nothing shared: deleting a model in use answers
 
 Credentials go from nothing through malformed and dead tokens to each kind of identity
 (:data:`CREDENTIALS`); :func:`expected` is the policy of DESIGN.md ("Auth") written as a
-table: 401 without an identity (a token in the query string is no identity), 403 for a token
-the hub refuses or one without ``access:services!service=hubserve``; owners and admins manage;
-users and groups granted a deployment (or every hub user, when it is public) may call it and
-read its status; everyone else gets 404 from the API (they cannot tell it exists) and 403
-from the gateway. Each pair of route and credential is one test.
+table: 401 without an identity (a token in the query string is no identity) or with a token
+the hub refuses, 403 for a valid token without ``access:services!service=hubserve``; owners
+and admins manage; users and groups granted a deployment (or every hub user, when it is
+public) may call it and read its status; everyone else gets 404, from the API and the gateway
+alike (they cannot tell it exists). Each pair of route and credential is one test.
 
 Two more guarantees are checked on the same deployments: replicas listen on loopback only and
 refuse every call without the deployment's secret (which only the gateway holds), and no token
@@ -204,11 +204,11 @@ REFUSED = {
     "none": 401,
     "bad-scheme": 401,
     "token-in-query": 401,
-    "garbage": 403,
-    "overlong": 403,
-    "unknown-token": 403,
-    "expired": 403,
-    "revoked": 403,
+    "garbage": 401,
+    "overlong": 401,
+    "unknown-token": 401,
+    "expired": 401,
+    "revoked": 401,
     "under-scoped": 403,
 }
 
@@ -227,7 +227,7 @@ def expected(probe: Probe, credential_id: str) -> int:
     granted = identity in ("member", "granted") or credential_id == "public-grant"
     if granted:
         return probe.allowed
-    return 403 if probe.access is Access.GATEWAY else 404
+    return 404
 
 
 # -- the route table ------------------------------------------------------------------------

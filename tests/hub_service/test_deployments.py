@@ -251,7 +251,7 @@ def test_access_changes_apply_at_once(hub: Hub, deployed: Owner) -> None:
         response = httpx.patch(status_url, json={"access": access}, headers=deployed.headers)
         assert response.status_code == 200, response.text
 
-    assert predict(hub, other_token, deployed.name, 1.0).status_code == 403
+    assert predict(hub, other_token, deployed.name, 1.0).status_code == 404  # as the API
     try:
         patch_access({"users": [other]})
         assert predict(hub, other_token, deployed.name, 1.0).status_code == 200
@@ -259,7 +259,7 @@ def test_access_changes_apply_at_once(hub: Hub, deployed: Owner) -> None:
         assert f"{deployed.name}/scaler" in {f"{d['owner']}/{d['name']}" for d in listed.json()}
     finally:
         patch_access({})
-    assert predict(hub, other_token, deployed.name, 1.0).status_code == 403
+    assert predict(hub, other_token, deployed.name, 1.0).status_code == 404
     assert httpx.get(status_url, headers=_auth(other_token)).status_code == 404
 
 

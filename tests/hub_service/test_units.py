@@ -240,9 +240,11 @@ def test_app_with_a_hub() -> None:
         assert ok.json() == expected
         assert TOKEN not in ok.text
         assert client.get(me, headers={"Authorization": f"token {'n' * 32}"}).status_code == 403
-        assert client.get(me, headers={"Authorization": f"token {'x' * 32}"}).status_code == 403
+        unknown = client.get(me, headers={"Authorization": f"token {'x' * 32}"})
+        assert unknown.status_code == 401
+        assert unknown.headers["www-authenticate"].startswith("Bearer")
         assert client.get(me, headers={"Authorization": f"token {'d' * 32}"}).status_code == 503
-        assert client.get(me, headers={"Authorization": "token"}).status_code == 403
+        assert client.get(me, headers={"Authorization": "token"}).status_code == 401
         assert client.get("/services/hubserve/", follow_redirects=False).status_code == 302
         assert client.get("/services/hubserve/docs").status_code == 200
 
@@ -271,7 +273,7 @@ def test_static_token_dev_mode(tmp_path: Path) -> None:
             "groups": ["g"],
             "scopes": [ACCESS],
         }
-        assert client.get(me, headers={"Authorization": f"token {'e' * 32}"}).status_code == 403
+        assert client.get(me, headers={"Authorization": f"token {'e' * 32}"}).status_code == 401
         # No browser login without a hub: browsers get the 401 too.
         assert client.get(me, headers={"Accept": "text/html"}).status_code == 401
         assert client.get("/services/hubserve/login").status_code == 404
@@ -296,7 +298,7 @@ def test_credentials_are_checked_before_the_body(tmp_path: Path, method: str, pa
         assert client.request(method, url, **broken).status_code == 401
         bad = {"Authorization": f"token {'e' * 32}", **broken["headers"]}
         assert (
-            client.request(method, url, content=broken["content"], headers=bad).status_code == 403
+            client.request(method, url, content=broken["content"], headers=bad).status_code == 401
         )
         good = {"Authorization": f"token {TOKEN}", **broken["headers"]}
         answer = client.request(method, url, content=broken["content"], headers=good)
@@ -437,3 +439,19 @@ def test_configure_jupyterhub_extends_callable_token_scopes() -> None:
 )
 def test_gateway_drops_tokens_from_queries(query: str, forwarded: str) -> None:
     assert _without_tokens(query) == forwarded
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain"])
+def test_api_bodies_are_json_whatever_a_client_labels_them(
+    tmp_path: Path, content_type: str
+) -> None:
+    """``curl -d '{"model": ...}'`` (form-urlencoded unless told) deploys like a JSON post."""
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({TOKEN: {"name": "dev"}}))
+    app = create_app(HubServiceSettings(static_token_file=tokens, data_dir=tmp_path / "data"))
+    headers = {"Authorization": f"token {TOKEN}", "Content-Type": content_type}
+    with TestClient(app) as client:
+        url = "/services/hubserve/api/deployments"
+        answer = client.post(url, content=b'{"model": "no-such-model"}', headers=headers)
+        assert answer.status_code == 404, answer.text  # read as JSON: the model is missing
+        assert "no-such-model" in answer.json()["detail"]

@@ -36,6 +36,7 @@ from jupyter_extension.client import (
     ModelVersion,
     NotFound,
     ServiceUnavailable,
+    Unauthorized,
     _operations,
 )
 from model_runtime.bundle import extract_archive
@@ -466,6 +467,6 @@ def test_token_without_hubserves_scope_is_forbidden(hub: Hub, user: User) -> Non
     assert token not in repr(client)
     with (
         Client(hub.service_url, "0123456789abcdef-not-a-token") as client,
-        pytest.raises(Forbidden),
+        pytest.raises(Unauthorized),
     ):
         client.me()

@@ -384,12 +384,12 @@ class TestBadToken:
     def hubserve_config(self, hub_service: LiveService) -> dict[str, Any]:
         return {"service_url": hub_service.url, "token": "not-a-token"}
 
-    async def test_the_services_403_passes_through(
+    async def test_the_services_401_passes_through(
         self, jp_fetch: Fetch, hub_service: LiveService
     ) -> None:
         direct = httpx.get(f"{hub_service.url}api/me", headers=hub_service.headers("not-a-token"))
         response = await call(jp_fetch, "hubserve/api/me")
-        assert_error(response, 403)
+        assert_error(response, 401)
         assert body(response) == direct.json()
         assert "not-a-token" not in response.body.decode()
 

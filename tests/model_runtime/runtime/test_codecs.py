@@ -318,6 +318,23 @@ def test_npy_round_trip(array: np.ndarray) -> None:
     np.testing.assert_array_equal(np.load(io.BytesIO(body)), array)
 
 
+@pytest.mark.parametrize(
+    ("spec", "content_type"),
+    [
+        (ndarray(), NPY),
+        (ndarray(), "application/octet-stream"),
+        (dataframe(), "text/csv"),
+        (image(), "image/png"),
+        (IOSpec("json"), None),
+    ],
+)
+def test_an_empty_body_says_so(spec: IOSpec, content_type: str | None) -> None:
+    """Whatever its content type claims: not a 415 about a type, not a parse error."""
+    error = codec_error(spec, b"", content_type)
+    assert error.status_code == 400
+    assert str(error).startswith(f"the body is empty: send {spec.kind} input as one of: ")
+
+
 def test_npy_is_checked_against_the_spec() -> None:
     spec = ndarray("float32", (-1, 4))
     assert decode(spec, npy_bytes(np.ones((2, 4), np.int64)), NPY).value.dtype == np.float32
@@ -325,7 +342,7 @@ def test_npy_is_checked_against_the_spec() -> None:
     assert "dimension 1 is 5, expected 4" in str(error)
 
 
-@pytest.mark.parametrize("body", [b"", b"not npy at all", b"\x93NUMPY"])
+@pytest.mark.parametrize("body", [b"not npy at all", b"\x93NUMPY"])
 def test_invalid_npy_is_a_400(body: bytes) -> None:
     error = codec_error(ndarray(), body, NPY)
     assert error.status_code == 400
@@ -555,7 +572,7 @@ def test_split_orient_with_wrong_row_lengths_is_a_422() -> None:
     assert str(error).startswith("invalid split-oriented DataFrame: ")
 
 
-@pytest.mark.parametrize("body", [b"", b"a,b\n\xff\xfe,1\n", b'a,b\n"1,2\n'])
+@pytest.mark.parametrize("body", [b"a,b\n\xff\xfe,1\n", b'a,b\n"1,2\n'])
 def test_invalid_csv_is_a_400(body: bytes) -> None:
     error = codec_error(dataframe(), body, "text/csv")
     assert error.status_code == 400
@@ -563,7 +580,7 @@ def test_invalid_csv_is_a_400(body: bytes) -> None:
 
 
 def test_dataframe_refuses_npy() -> None:
-    error = codec_error(dataframe(), b"", NPY)
+    error = codec_error(dataframe(), npy_bytes(np.ones((2, 2))), NPY)
     assert error.status_code == 415
     assert "send one of: application/json, text/csv" in str(error)
 
@@ -636,7 +653,7 @@ def test_image_multipart_needs_exactly_one_file() -> None:
     assert "got 0" in str(codec_error(image(), none, content_type))
 
 
-@pytest.mark.parametrize("body", [b"not an image", image_bytes(RGB, "GIF"), b""])
+@pytest.mark.parametrize("body", [b"not an image", image_bytes(RGB, "GIF")])
 def test_bodies_that_are_not_png_or_jpeg_are_a_422(body: bytes) -> None:
     error = codec_error(image(), body, "image/png")
     assert (error.status_code, str(error)) == (422, "not a PNG/JPEG image")
