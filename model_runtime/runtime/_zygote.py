@@ -531,14 +531,9 @@ def spawn(
         "log_file": str(log_file),
         "sys_path": sys_path or [],
         "cgroups": cgroups or [],
+        **_options(token_file, bind, sandbox),
     }
-    if token_file is not None:
-        message["token_file"] = str(token_file)
-    if bind is not None:
-        message["bind"] = list(bind)
-    if sandbox is not None:
-        message["sandbox"] = sandbox.to_json()
-    elif warm_key:
+    if sandbox is None and warm_key:
         message["warm_key"] = warm_key
         message["preload"] = preload or []
     reply = _exchange(socket_path, message, timeout)
@@ -569,17 +564,26 @@ def spawn_command(
         "env": env,
         "log_file": str(log_file),
         "cgroups": cgroups or [],
+        **_options(token_file, bind, sandbox),
     }
-    if token_file is not None:
-        message["token_file"] = str(token_file)
-    if bind is not None:
-        message["bind"] = list(bind)
-    if sandbox is not None:
-        message["sandbox"] = sandbox.to_json()
     reply = _exchange(socket_path, message, timeout)
     if "error" in reply:
         raise ZygoteError(f"the zygote refused to start {command[0]}: {reply['error']}")
     return int(reply["pid"])
+
+
+def _options(
+    token_file: Path | None, bind: tuple[str, int] | None, sandbox: Profile | None
+) -> dict[str, Any]:
+    """The optional parts of a launch request (see :func:`spawn`)."""
+    options: dict[str, Any] = {}
+    if token_file is not None:
+        options["token_file"] = str(token_file)
+    if bind is not None:
+        options["bind"] = list(bind)
+    if sandbox is not None:
+        options["sandbox"] = sandbox.to_json()
+    return options
 
 
 def _exchange(socket_path: Path, message: dict[str, Any], timeout: float) -> dict[str, Any]:

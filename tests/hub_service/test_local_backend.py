@@ -282,17 +282,15 @@ def test_migrations_match_the_models(tmp_path: Path) -> None:
     database.dispose()
 
 
-def test_user_job_locations_give_each_caller_their_own_folder(tmp_path: Path) -> None:
-    """``{user}`` in ``HUBSERVE_JOB_LOCATIONS``: on one public deployment (unsandboxed: a
-    sandbox shows its owner's folders only, see the next test), alice's jobs may use
-    ``<root>/alice`` but not ``<root>/bob``, and bob's the other way round; the gateway names
-    the caller, and a forged ``x-hubserve-user`` changes nothing."""
+def _alice_and_bob(tmp_path: Path, root: Path, isolation: Isolation | None) -> TestClient:
+    """The service with alice's sink bundle, alice's and bob's tokens, and their job folders
+    ``root/<name>`` (``{user}`` job locations) each holding ``in/a.npy``."""
     sink = build_bundle(f"{SINK_SERVICE}:service", output_dir=tmp_path / "build")
     store = LocalStore(tmp_path / "store")
     store.push(sink.archive, owner="alice")
-    root = tmp_path / "jobs"
     for user in ("alice", "bob"):
         (root / user / "in").mkdir(parents=True)
+        (root / user).chmod(0o777)  # writable by a sandbox's user (nobody here)
         np.save(root / user / "in" / "a.npy", np.ones(2, dtype=np.float32))
     tokens = tmp_path / "tokens.json"
     tokens.write_text(
@@ -306,9 +304,19 @@ def test_user_job_locations_give_each_caller_their_own_folder(tmp_path: Path) ->
         settings.data_dir,
         LocalBackendSettings(health_interval=0.2),
         job_locations=settings.job_locations,
+        isolation=isolation,
     )
+    return TestClient(create_app(settings, store=store, backend=local))
+
+
+def test_user_job_locations_give_each_caller_their_own_folder(tmp_path: Path) -> None:
+    """``{user}`` in ``HUBSERVE_JOB_LOCATIONS``: on one public deployment (unsandboxed: a
+    sandbox shows its owner's folders only, see the next test), alice's jobs may use
+    ``<root>/alice`` but not ``<root>/bob``, and bob's the other way round; the gateway names
+    the caller, and a forged ``x-hubserve-user`` changes nothing."""
+    root = tmp_path / "jobs"
     bob = {"Authorization": "token bob-token-456"}
-    with TestClient(create_app(settings, store=store, backend=local)) as client:
+    with _alice_and_bob(tmp_path, root, isolation=None) as client:
         response = client.post(
             f"{PREFIX}/api/deployments",
             json={"model": "sink", "access": {"public": True}},
@@ -342,30 +350,9 @@ def test_a_sandbox_shows_its_owners_job_folders_only(tmp_path: Path) -> None:
     """Sandboxed, alice's deployment shared with bob writes into alice's folder for her, and
     never sees bob's (she shared it without his say): his job there fails, his folder stays
     as it was."""
-    sink = build_bundle(f"{SINK_SERVICE}:service", output_dir=tmp_path / "build")
-    store = LocalStore(tmp_path / "store")
-    store.push(sink.archive, owner="alice")
     root = tmp_path / "jobs"
-    for user in ("alice", "bob"):
-        (root / user / "in").mkdir(parents=True)
-        (root / user).chmod(0o777)  # writable by the sandbox's user (nobody here)
-        np.save(root / user / "in" / "a.npy", np.ones(2, dtype=np.float32))
-    tokens = tmp_path / "tokens.json"
-    tokens.write_text(
-        json.dumps({"alice-token-123": {"name": "alice"}, "bob-token-456": {"name": "bob"}})
-    )
-    settings = HubServiceSettings(
-        static_token_file=tokens, data_dir=tmp_path / "data", job_locations=[f"{root}/{{user}}"]
-    )
-    local = LocalBackend(
-        store,
-        settings.data_dir,
-        LocalBackendSettings(health_interval=0.2),
-        job_locations=settings.job_locations,
-        isolation=SANDBOX,
-    )
     bob = {"Authorization": "token bob-token-456"}
-    with TestClient(create_app(settings, store=store, backend=local)) as client:
+    with _alice_and_bob(tmp_path, root, isolation=SANDBOX) as client:
         response = client.post(
             f"{PREFIX}/api/deployments",
             json={"model": "sink", "access": {"users": ["bob"]}},
